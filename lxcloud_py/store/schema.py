@@ -1,0 +1,164 @@
+"""The control plane's schema (SQLAlchemy Core), one definition for SQLite and MariaDB/MySQL.
+
+Integrity lives here, not in application code: unique IP/MAC/DNS name per lease, at most one
+VM per lease (``leases.vm_id`` is unique and a lease has one such column), foreign keys
+everywhere a row refers to another, and an append-only ``history`` of state changes.
+Times are UNIX epoch seconds (float, UTC).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.mysql import MEDIUMTEXT
+
+metadata = MetaData()
+
+#: Long text: TEXT on SQLite, MEDIUMTEXT (16 MiB) on MySQL where TEXT stops at 64 KiB.
+LongText = Text().with_variant(MEDIUMTEXT(), "mysql")
+
+SCHEMA_VERSION = 1
+
+meta = Table(
+    "lxcloud_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("created", Float, nullable=False),
+)
+
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("state", Integer, nullable=False),
+    Column("im_mad", String(32), nullable=False, default="lxcloud"),
+    Column("vmm_mad", String(32), nullable=False, default="kvm"),
+    Column("cpu", Float, nullable=False, default=0.0),  # cores
+    Column("memory_mb", Integer, nullable=False, default=0),
+    Column("disk_mb", Integer, nullable=False, default=0),
+    Column("max_dispatch", Integer, nullable=True),  # per-host dispatch limit, NULL = config
+    Column("info", LongText, nullable=True),  # JSON of the last probe/registration facts
+    Column("registered", Float, nullable=True),
+    Column("last_seen", Float, nullable=True),
+    Column("created", Float, nullable=False),
+)
+
+host_macs = Table(
+    "host_macs",
+    metadata,
+    Column("host_id", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
+    Column("mac", String(17), primary_key=True),
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),  # bytes of the unpacked image
+    Column("format", String(16), nullable=False, default="raw"),
+    Column("compression", String(16), nullable=False, default="zstd"),
+    Column("created", Float, nullable=False),
+    UniqueConstraint("name", "version", name="uq_images_name_version"),
+)
+
+host_images = Table(
+    "host_images",
+    metadata,
+    Column("host_id", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("state", String(16), nullable=False),  # model.ImageState
+    Column("sha256", String(64), nullable=True),  # what the host verified
+    Column("updated", Float, nullable=False),
+)
+
+pools = Table(
+    "pools",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("template", LongText, nullable=False),  # OpenNebula template of the pool's VMs
+    Column("target", Integer, nullable=False, default=0),
+    Column("lifetime", Integer, nullable=True),  # seconds
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created", Float, nullable=False),
+)
+
+vms = Table(
+    "vms",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("owner_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("template", LongText, nullable=False),  # the template as submitted
+    Column("state", Integer, nullable=False),  # model.VMState
+    Column("lcm_state", Integer, nullable=False),  # model.LCMState
+    Column("cpu", Float, nullable=False, default=1.0),
+    Column("vcpu", Integer, nullable=False, default=1),
+    Column("memory_mb", Integer, nullable=False, default=512),
+    Column("image_name", String(64), nullable=True),  # requested image (DISK/IMAGE)
+    Column("image_id", Integer, ForeignKey("images.id"), nullable=True),  # bound at placement
+    Column("host_id", Integer, ForeignKey("hosts.id"), nullable=True),
+    Column("pool_id", Integer, ForeignKey("pools.id", ondelete="SET NULL"), nullable=True),
+    Column("lifetime", Integer, nullable=True),  # seconds
+    Column("created", Float, nullable=False),
+    Column("started", Float, nullable=True),
+    Column("deadline", Float, nullable=True),
+    Column("ended", Float, nullable=True),
+    Column("sched_message", String(512), nullable=True),
+    Column("token_hash", String(128), nullable=True),
+    Index("ix_vms_state", "state"),
+    Index("ix_vms_host", "host_id"),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ip", String(45), nullable=False, unique=True),
+    Column("mac", String(17), nullable=False, unique=True),
+    Column("name", String(253), nullable=False, unique=True),  # DNS name
+    Column("host", String(64), nullable=False),  # pinned host, by name (may register later)
+    Column("state", String(8), nullable=False, default="free"),  # model.LeaseState
+    # At most one live VM per lease: one column, unique across leases (a VM holds one lease).
+    Column("vm_id", Integer, ForeignKey("vms.id"), nullable=True, unique=True),
+    Column("updated", Float, nullable=False),
+    Index("ix_leases_host_state", "host", "state"),
+)
+
+history = Table(
+    "history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(8), nullable=False),  # vm | host | lease | image | pool
+    Column("object_id", Integer, nullable=False),
+    Column("old_state", String(32), nullable=True),
+    Column("new_state", String(32), nullable=True),
+    Column("message", String(1024), nullable=True),
+    Index("ix_history_object", "kind", "object_id"),
+)
