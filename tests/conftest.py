@@ -53,17 +53,34 @@ class MariaDB:
         datadir = self.dir / "data"
         user = ["--user=root"] if os.geteuid() == 0 else []
         subprocess.run(
-            [install, "--no-defaults", f"--datadir={datadir}", *user,
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
-            check=True, capture_output=True,
+            [
+                install,
+                "--no-defaults",
+                f"--datadir={datadir}",
+                *user,
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
         )
         self.log = open(self.dir / "mariadbd.log", "wb")  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
-            [server, "--no-defaults", *user, f"--datadir={datadir}",
-             f"--socket={self.dir / 'sock'}", f"--port={self.port}", "--bind-address=127.0.0.1",
-             "--skip-name-resolve", "--innodb-buffer-pool-size=64M", "--max-connections=500",
-             "--innodb-flush-log-at-trx-commit=2"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                server,
+                "--no-defaults",
+                *user,
+                f"--datadir={datadir}",
+                f"--socket={self.dir / 'sock'}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=64M",
+                "--max-connections=500",
+                "--innodb-flush-log-at-trx-commit=2",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -125,8 +142,13 @@ def mysql_url(mysql_server_url: str) -> Iterator[str]:
     from sqlalchemy.engine import make_url
 
     u = make_url(mysql_server_url)
-    conn = pymysql.connect(host=u.host, port=u.port or 3306, user=u.username,
-                           password=u.password or "", autocommit=True)
+    conn = pymysql.connect(
+        host=u.host,
+        port=u.port or 3306,
+        user=u.username,
+        password=u.password or "",
+        autocommit=True,
+    )
     try:
         with conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import time
-from enum import Enum
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,10 @@ def _mysql_engine(url: str) -> Engine:
         pool_pre_ping=True,
         pool_recycle=3600,
         isolation_level="READ COMMITTED",
-        connect_args={"charset": "utf8mb4", "init_command": f"SET innodb_lock_wait_timeout={LOCK_TIMEOUT}"},
+        connect_args={
+            "charset": "utf8mb4",
+            "init_command": f"SET innodb_lock_wait_timeout={LOCK_TIMEOUT}",
+        },
     )
 
 
@@ -100,7 +103,9 @@ class Store:
         elif backend in ("mysql", "mariadb"):
             self.engine = _mysql_engine(self.url)
         else:
-            raise ValueError(f"unsupported database URL {self.url!r}: use sqlite:/// or mysql+pymysql://")
+            raise ValueError(
+                f"unsupported database URL {self.url!r}: use sqlite:/// or mysql+pymysql://"
+            )
         self.backend = "sqlite" if backend == "sqlite" else "mysql"
 
     def __repr__(self) -> str:
@@ -116,7 +121,9 @@ class Store:
             ).scalar_one_or_none()
             if have is None:
                 conn.execute(
-                    insert(schema.meta).values(key="schema_version", value=str(schema.SCHEMA_VERSION))
+                    insert(schema.meta).values(
+                        key="schema_version", value=str(schema.SCHEMA_VERSION)
+                    )
                 )
             elif int(have) != schema.SCHEMA_VERSION:
                 raise RuntimeError(

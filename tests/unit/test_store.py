@@ -17,16 +17,23 @@ def _user(conn) -> int:
 
 
 def _lease(conn, n: int, **kw) -> int:
-    values = dict(ip=f"10.0.0.{n}", mac=f"02:00:00:00:00:{n:02x}", name=f"vm{n}.example",
-                  host="h1", state="free", updated=0)
+    values = dict(
+        ip=f"10.0.0.{n}",
+        mac=f"02:00:00:00:00:{n:02x}",
+        name=f"vm{n}.example",
+        host="h1",
+        state="free",
+        updated=0,
+    )
     values.update(kw)
     return conn.execute(insert(schema.leases).values(**values)).inserted_primary_key[0]
 
 
 def _vm(conn, owner: int) -> int:
     return conn.execute(
-        insert(schema.vms).values(name="v", owner_id=owner, template="", state=VMState.PENDING,
-                                  lcm_state=0, created=0)
+        insert(schema.vms).values(
+            name="v", owner_id=owner, template="", state=VMState.PENDING, lcm_state=0, created=0
+        )
     ).inserted_primary_key[0]
 
 
@@ -86,8 +93,7 @@ def test_history_is_appended(store: Store) -> None:
         Store.record(conn, "vm", 1, VMState.ACTIVE, VMState.DONE, None)
     with store.transaction() as conn:
         rows = conn.execute(select(schema.history).order_by(schema.history.c.id)).all()
-    assert [(r.old_state, r.new_state) for r in rows] == [("PENDING", "ACTIVE"),
-                                                          ("ACTIVE", "DONE")]
+    assert [(r.old_state, r.new_state) for r in rows] == [("PENDING", "ACTIVE"), ("ACTIVE", "DONE")]
 
 
 def test_unknown_url_is_refused() -> None:
