@@ -67,7 +67,7 @@ def image_info(run, path):
     try:
         return json.loads(out)
     except ValueError:
-        raise DiskError("qemu-img info printed no JSON for %s" % path, stdout=out)
+        raise DiskError("qemu-img info printed no JSON for %s" % path, stdout=out) from None
 
 
 def golden_problem(info):
@@ -279,7 +279,7 @@ def parse_lvs(text):
     try:
         data = json.loads(text)
     except ValueError:
-        raise DiskError("lvs printed no JSON", stdout=text)
+        raise DiskError("lvs printed no JSON", stdout=text) from None
     result = []
     for report in data.get("report", []):
         for lv in report.get("lv", []):

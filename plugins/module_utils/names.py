@@ -70,7 +70,7 @@ def validate_ipv4(value, what="ip"):
     try:
         return str(ipaddress.IPv4Address(str(value)))
     except (ipaddress.AddressValueError, ValueError):
-        raise InvalidName(what, value, "not an IPv4 address")
+        raise InvalidName(what, value, "not an IPv4 address") from None
 
 
 def validate_ip(value, what="ip"):
@@ -78,7 +78,7 @@ def validate_ip(value, what="ip"):
     try:
         return str(ipaddress.ip_address(str(value)))
     except ValueError:
-        raise InvalidName(what, value, "not an IP address")
+        raise InvalidName(what, value, "not an IP address") from None
 
 
 def validate_netmask(value, what="netmask"):
@@ -86,7 +86,7 @@ def validate_netmask(value, what="netmask"):
     try:
         return str(ipaddress.IPv4Network("0.0.0.0/%s" % str(value).strip()).netmask)
     except (ipaddress.NetmaskValueError, ValueError):
-        raise InvalidName(what, value, "not an IPv4 netmask or prefix length")
+        raise InvalidName(what, value, "not an IPv4 netmask or prefix length") from None
 
 
 def validate_prefix(value, what="prefix"):
@@ -94,7 +94,7 @@ def validate_prefix(value, what="prefix"):
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise InvalidName(what, value, "not an integer prefix length")
+        raise InvalidName(what, value, "not an integer prefix length") from None
     if not 0 <= n <= 32 or str(value).strip() not in (str(n),):
         raise InvalidName(what, value, "prefix length must be 0..32")
     return n

@@ -152,7 +152,6 @@ clone:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.lxcloud.cloud.plugins.module_utils.disk_backends import (
     CloneSpec,
     DiskError,

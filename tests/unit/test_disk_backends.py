@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-
 from ansible_collections.lxcloud.cloud.plugins.module_utils import disk_backends as db
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import InvalidName
 
@@ -129,7 +128,8 @@ def test_lvm_force_replaces_other_origin() -> None:
         {"lv_name": "golden", "origin": "", "segtype": "linear"},
         {"lv_name": "lxvm-1", "origin": "older", "segtype": "linear"},
     )
-    run = FakeRun([(is_lvs, (0, lvs, "")), (lambda a: a[0] in ("lvremove", "lvcreate"), (0, "", ""))])
+    mutate = (lambda a: a[0] in ("lvremove", "lvcreate"), (0, "", ""))
+    run = FakeRun([(is_lvs, (0, lvs, "")), mutate])
     db.ensure_present(run, db.CloneSpec("lxvm-1", "lvm", "golden", vg="vg0", size="2G"), force=True)
     cmds = [c for c in run.calls if c[0] != "lvs"]
     assert cmds == [
@@ -153,7 +153,10 @@ def test_lvm_failed_create_removes_partial_lv_and_reports_output() -> None:
         {"lv_name": "lxvm-1", "origin": "golden", "segtype": "linear"},
     )
     seq = iter([LVS_CLASSIC, LVS_CLASSIC, lvs_after])
-    err = "  /dev/mapper/control: open failed\n  Failure to communicate with kernel device-mapper driver."
+    err = (
+        "  /dev/mapper/control: open failed\n"
+        "  Failure to communicate with kernel device-mapper driver."
+    )
     run = FakeRun(
         [
             (is_lvs, lambda a: (0, next(seq), "")),
@@ -188,7 +191,8 @@ def test_lvm_absent() -> None:
 @pytest.mark.parametrize(
     "info",
     [
-        {"format": "qcow2", "backing-filename": "/etc/shadow", "full-backing-filename": "/etc/shadow"},
+        {"format": "qcow2", "backing-filename": "/etc/shadow",
+         "full-backing-filename": "/etc/shadow"},
         {"format": "qcow2", "format-specific": {"type": "qcow2", "data": {"data-file": "d.raw"}}},
     ],
 )
@@ -236,7 +240,8 @@ def test_qcow2_create_command_and_atomic_rename(tmp_path) -> None:
     (argv,) = created
     tmp = argv[-1]
     assert argv == ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", tmp]
-    assert os.path.dirname(tmp) == str(tmp_path) and os.path.basename(tmp).startswith(".c.qcow2.tmp-")
+    assert os.path.dirname(tmp) == str(tmp_path)
+    assert os.path.basename(tmp).startswith(".c.qcow2.tmp-")
     assert not os.path.exists(tmp) and (tmp_path / "c.qcow2").exists()
     assert after["base"] == str(base) and after["backend"] == "qcow2"
 
@@ -262,7 +267,8 @@ def test_reflink_failure_explains_filesystem(tmp_path) -> None:
     base = tmp_path / "g.raw"
     base.write_bytes(b"x")
     run = FakeRun([(lambda a: a[:2] == ["qemu-img", "info"], (0, '{"format": "raw"}', "")),
-                   (lambda a: a[0] == "cp", (1, "", "cp: failed to clone: Operation not supported"))])
+                   (lambda a: a[0] == "cp",
+                    (1, "", "cp: failed to clone: Operation not supported"))])
     with pytest.raises(db.DiskError, match="must support reflinks"):
         db.ensure_present(run, db.CloneSpec("c.raw", "reflink", str(base), directory=str(tmp_path)))
     assert run.calls[-1][:2] == ["cp", "--reflink=always"]

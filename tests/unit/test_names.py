@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     InvalidName,
     check_under,
