@@ -1,0 +1,268 @@
+"""The tiny test golden image boots under libvirt/qemu (TCG), honours its context and calls back.
+
+Real parts only: ``images/build-test-image`` builds the image from Debian packages, a local
+libvirtd runs the domain (``<domain type='qemu'>``, direct kernel boot, qcow2 overlay of
+golden.raw, context ISO on vdb, user-mode networking on a non-default slirp subnet), and a real
+XML-RPC server on 127.0.0.1 stands in for ``lxcloud serve``: the guest reaches it through the
+slirp host address (NET.2), which slirp maps to the host's loopback.
+
+If no libvirtd answers on ``qemu:///system`` the test starts ``virtlogd -d`` and ``libvirtd -d``
+itself and stops exactly those processes (by pid) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
+
+import pytest
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
+
+libvirt = pytest.importorskip("libvirt")
+
+REPO = Path(__file__).resolve().parents[2]
+BUILDER = REPO / "images" / "build-test-image"
+SLIRP_NET = "10.213.7.0"  # slirp subnet: host (gateway, maps to host loopback) .2, DNS .3
+GUEST_IP = "10.213.7.50"
+GATEWAY = "10.213.7.2"
+CMDLINE = "console=ttyS0 root=/dev/vda rootfstype=ext4 quiet"
+
+
+def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="module")
+def test_image() -> Path:
+    out = REPO / ".cache" / "test-image"
+    for tool in ("mke2fs", "cpio", "gzip", "genisoimage", "qemu-img"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} not installed (scripts/bootstrap installs it)")
+    t0 = time.monotonic()
+    _run([str(BUILDER), str(out)], timeout=300)
+    print(f"build-test-image: {time.monotonic() - t0:.2f} s")
+    return out
+
+
+def _pid(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def conn() -> Iterator[object]:
+    """A connection to the local system libvirtd, started here if none is running."""
+    started: list[int] = []
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        c = libvirt.open("qemu:///system")
+    except libvirt.libvirtError:
+        c = None
+    if c is None:
+        if os.geteuid() != 0 or not shutil.which("libvirtd"):
+            pytest.skip("no libvirtd running and cannot start one (needs root and libvirtd)")
+        # /dev/kvm root-only makes libvirt re-probe qemu on every call (DESIGN.md)
+        if Path("/dev/kvm").exists() and (Path("/dev/kvm").stat().st_mode & 0o060) == 0:
+            subprocess.run(["chgrp", "kvm", "/dev/kvm"], check=False)
+            os.chmod("/dev/kvm", 0o660)
+        daemons = (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid"))
+        for daemon, pidfile in daemons:
+            _run([daemon, "-d"])
+            deadline = time.monotonic() + 10
+            while _pid(pidfile) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pid = _pid(pidfile)
+            assert pid is not None, f"{daemon} wrote no pid file {pidfile}"
+            started.append(pid)
+        deadline = time.monotonic() + 60
+        while c is None:
+            try:
+                c = libvirt.open("qemu:///system")
+            except libvirt.libvirtError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    try:
+        yield c
+    finally:
+        c.close()
+        for pid in reversed(started):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+
+
+class FakeOneAPI:
+    """A real XML-RPC server on loopback that records one.vm.action calls.
+
+    Replies from ``replies`` in order (the last one repeats): each is the OpenNebula-shaped
+    ``[success, body, error_code]``.
+    """
+
+    def __init__(self, replies: list[list[object]]) -> None:
+        self.calls: list[tuple[object, ...]] = []
+        self.replies = replies
+        self.server = SimpleXMLRPCServer(
+            ("127.0.0.1", 0), requestHandler=SimpleXMLRPCRequestHandler, logRequests=False,
+            allow_none=False,
+        )
+        self.server.register_function(self._action, "one.vm.action")
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _action(self, session: str, action: str, vm_id: int) -> list[object]:
+        self.calls.append((session, action, vm_id, time.monotonic()))
+        return self.replies[min(len(self.calls), len(self.replies)) - 1]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def _context_iso(workdir: Path, values: dict[str, str]) -> Path:
+    src = workdir / "context"
+    src.mkdir()
+    (src / "context.sh").write_text("".join(f"{k}='{v}'\n" for k, v in values.items()))
+    iso = workdir / "context.iso"
+    _run(["genisoimage", "-quiet", "-V", "CONTEXT", "-J", "-R", "-o", str(iso), str(src)])
+    return iso
+
+
+def _domain_xml(name: str, image: Path, work: Path, iso: Path, mac: str) -> str:
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>192</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{work / "vmlinuz"}</kernel>
+    <initrd>{work / "initrd.img"}</initrd>
+    <cmdline>{CMDLINE}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{work / "disk.qcow2"}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{iso}'/>
+      <target dev='vdb' bus='virtio'/>
+      <readonly/>
+    </disk>
+    <interface type='user'>
+      <mac address='{mac}'/>
+      <ip family='ipv4' address='{SLIRP_NET}' prefix='24'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'>
+      <source path='{work / "serial.log"}'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+def _wait_for(pred, timeout: float, what: str, log: Path) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    text = log.read_text(errors="replace") if log.exists() else "(no serial log)"
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; serial log:\n{text}")
+
+
+def test_guest_boots_with_context_and_terminates_itself(test_image: Path, conn) -> None:  # type: ignore[no-untyped-def]
+    api = FakeOneAPI([[False, "[one.vm.action] try again", 0x0800], [True, 0, 0]])
+    # a 0755 dir, not pytest's 0700 tmp: qemu runs as libvirt-qemu and must reach the files
+    work = Path(tempfile.mkdtemp(prefix="lxtest-guest-", dir="/tmp"))
+    work.chmod(0o755)
+    name = f"lxtest-guest-{uuid.uuid4().hex[:8]}"
+    vm_id = 4000 + secrets.randbelow(1000)
+    token = secrets.token_urlsafe(24)
+    mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+    dom = None
+    try:
+        for f in ("vmlinuz", "initrd.img"):
+            shutil.copy(test_image / f, work / f)
+        # the overlay's backing file is a private copy so libvirt's relabelling never touches
+        # the shared cache
+        shutil.copy(test_image / "golden.raw", work / "golden.raw")
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(work / "golden.raw"),
+              "-F", "raw", str(work / "disk.qcow2")])
+        iso = _context_iso(work, {
+            "NAME": name, "ETH0_IP": GUEST_IP, "ETH0_MASK": "255.255.255.0",
+            "ETH0_GATEWAY": GATEWAY, "ETH0_MAC": mac, "ETH0_DNS": "10.213.7.3",
+            "LIFETIME": "5", "LXCLOUD_API": f"http://{GATEWAY}:{api.port}/RPC2",
+            "VMID": str(vm_id), "LXCLOUD_TOKEN": token, "DRAIN_CHECK_INTERVAL": "1",
+            # a hostile value the guest must carry without breaking (never sourced)
+            "EVIL": "$(poweroff -f)`reboot -f`",
+        })
+        log = work / "serial.log"
+        dom = conn.defineXML(_domain_xml(name, test_image, work, iso, mac))
+        t_start = time.monotonic()
+        dom.create()
+        marker = f"LXCLOUD-BOOTED name={name} ip={GUEST_IP} mac={mac} vmid={vm_id}"
+
+        def booted() -> bool:
+            return log.exists() and marker in log.read_text(errors="replace")
+
+        _wait_for(booted, 120, "the boot marker", log)
+        boot_s = time.monotonic() - t_start
+        print(f"boot-to-marker (TCG, libvirt start included): {boot_s:.2f} s")
+
+        def shut_off() -> bool:
+            state, _reason = dom.state()
+            return state == libvirt.VIR_DOMAIN_SHUTOFF
+
+        _wait_for(shut_off, 120, "the domain to shut off after the callback", log)
+        total_s = time.monotonic() - t_start
+        print(f"start-to-shutoff with LIFETIME=5 and one refused call: {total_s:.2f} s")
+
+        text = log.read_text(errors="replace")
+        assert "LXCLOUD-CALLBACK terminate requested" in text
+        assert "LXCLOUD-CALLBACK error API refused" in text
+        assert f"LXCLOUD-CALLBACK ok vmid={vm_id}" in text
+        # first call refused, the retry succeeded, and nothing after success
+        assert [c[:3] for c in api.calls] == [(f"vm-{vm_id}:{token}", "terminate", vm_id)] * 2
+        assert api.calls[1][3] - api.calls[0][3] >= 1.5, "retry must back off"
+        state, reason = dom.state()
+        assert (state, reason) == (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
+    finally:
+        api.close()
+        if dom is not None:
+            try:
+                if dom.isActive():
+                    dom.destroy()
+            finally:
+                dom.undefine()
+        shutil.rmtree(work, ignore_errors=True)
