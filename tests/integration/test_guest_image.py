@@ -128,7 +128,8 @@ class FakeOneAPI:
         )
         self.server.register_function(self._action, "one.vm.action")
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def _action(self, session: str, action: str, vm_id: int) -> list[object]:
