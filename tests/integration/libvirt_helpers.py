@@ -1,0 +1,175 @@
+"""libvirtd in the root namespace for single-host integration tests, shared by every test that
+needs ``qemu:///system`` on this machine.
+
+No systemd here: :func:`ensure_libvirtd` starts ``virtlogd -d`` and ``libvirtd -d`` when no
+libvirtd answers, and :func:`release_libvirtd` stops them again only if this process started
+them and no domain other than the ones the caller owns is left (another engineer's session may
+be using the same daemon).  It also makes ``/dev/kvm`` group kvm, mode 0660 (DESIGN.md: with
+0600 libvirt re-probes qemu on every call, ~48 s per define).
+
+Use the ``libvirt_uri`` fixture (tests/integration/conftest.py imports it from here, or a test
+module does ``from libvirt_helpers import libvirt_uri``), or the two functions directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+URI = "qemu:///system"
+PIDFILES = {"libvirtd": "/run/libvirtd.pid", "virtlogd": "/run/virtlogd.pid"}
+
+
+def _libvirt():
+    try:
+        import libvirt
+    except ImportError:
+        return None
+    return libvirt
+
+
+def _answers(uri: str = URI) -> bool:
+    libvirt = _libvirt()
+    if libvirt is None:
+        return False
+    try:
+        libvirt.registerErrorHandler(lambda *_: None, None)
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError:
+        return False
+    conn.close()
+    return True
+
+
+def fix_kvm_permissions() -> str:
+    """chgrp kvm /dev/kvm; chmod 660 — returns what was done (for the test log)."""
+    if not os.path.exists("/dev/kvm") or os.geteuid() != 0:
+        return "no /dev/kvm or not root: nothing done"
+    try:
+        gid = grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return "no kvm group: nothing done"
+    st = os.stat("/dev/kvm")
+    if st.st_gid == gid and st.st_mode & 0o777 == 0o660:
+        return "/dev/kvm already root:kvm 0660"
+    os.chown("/dev/kvm", 0, gid)
+    os.chmod("/dev/kvm", 0o660)
+    return "/dev/kvm set to root:kvm 0660"
+
+
+def ensure_libvirtd(timeout: float = 60) -> list[str]:
+    """Start virtlogd and libvirtd unless a libvirtd answers; returns the daemons started."""
+    if _libvirt() is None:
+        pytest.skip("libvirt Python bindings missing (pip install .[libvirt])")
+    if _answers():
+        return []
+    for tool in ("libvirtd", "virtlogd", "qemu-system-x86_64"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            pytest.skip(f"{tool} not installed (scripts/bootstrap installs libvirt and qemu)")
+    if os.geteuid() != 0:
+        pytest.skip("starting libvirtd needs root")
+    fix_kvm_permissions()
+    started = []
+    if not _alive("virtlogd"):
+        subprocess.run(["virtlogd", "-d"], check=True)
+        started.append("virtlogd")
+    subprocess.run(["libvirtd", "-d"], check=True)
+    started.append("libvirtd")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _answers():
+            return started
+        time.sleep(0.2)
+    release_libvirtd(started, ())
+    pytest.fail(f"libvirtd did not answer on {URI} within {timeout} s")
+    return started
+
+
+def _pid(daemon: str) -> int | None:
+    try:
+        with open(PIDFILES[daemon]) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(daemon: str) -> bool:
+    pid = _pid(daemon)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def other_domains(own_prefixes: tuple[str, ...]) -> list[str]:
+    libvirt = _libvirt()
+    if libvirt is None or not _answers():
+        return []
+    conn = libvirt.open(URI)
+    try:
+        return [d.name() for d in conn.listAllDomains() if not d.name().startswith(own_prefixes)]
+    finally:
+        conn.close()
+
+
+def release_libvirtd(started: list[str], own_prefixes: tuple[str, ...] = ("lxvm-",)) -> None:
+    """Stop the daemons ``ensure_libvirtd`` started, unless someone else's domains exist."""
+    if not started or other_domains(own_prefixes):
+        return
+    for daemon in ("libvirtd", "virtlogd"):
+        if daemon not in started:
+            continue
+        pid = _pid(daemon)
+        if pid is None:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+
+
+def cleanup_domains(prefix: str) -> None:
+    """Force off and undefine every domain whose name starts with ``prefix``."""
+    libvirt = _libvirt()
+    if libvirt is None or not _answers():
+        return
+    conn = libvirt.open(URI)
+    try:
+        for dom in conn.listAllDomains():
+            if not dom.name().startswith(prefix):
+                continue
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.isActive():
+                    dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                )
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def libvirt_uri() -> Iterator[str]:
+    """``qemu:///system`` with a libvirtd answering (started for the session if needed)."""
+    started = ensure_libvirtd()
+    try:
+        yield URI
+    finally:
+        cleanup_domains("lxvm-")
+        release_libvirtd(started)
