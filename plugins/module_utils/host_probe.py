@@ -454,15 +454,15 @@ def register(client, facts, check_mode=False, heartbeat=False, capacity=None, fo
             cap[key] = value
     desired = registration_view(cap["cpu"], cap["memory_mb"], cap["disk_mb"], facts["macs"])
     info = registration_info(facts)
-    current = client.find_host(name)
-    result = {"name": name, "host_id": current["id"] if current else None}
     if heartbeat:
-        if current is None:
-            raise ProbeError("host %s is not registered: cannot heartbeat" % name)
+        # No pool lookup: a heartbeat must stay cheap for hundreds of hosts every minute.
+        result = {"name": name, "host_id": None}
         if not check_mode:
             result["host_id"] = client.host_heartbeat(name, info)
         result.update(changed=False, action="heartbeat", before=None, after=None)
         return result
+    current = client.find_host(name)
+    result = {"name": name, "host_id": current["id"] if current else None}
     changed, before, after = registration_changes(current, desired)
     action = "none"
     if not check_mode:
