@@ -246,7 +246,6 @@ class Scheduler:
                     f.host_passes(host, req)
                 ):
                     raise _Lost(f.reason)
-            lease = self._take_lease(conn, req, host)
             # Without ImageFilter enabled the host may lack the image: bind none then.
             staged = host.images.get(req.image_name) if req.image_name else None
             image_id = staged[0] if staged else None
@@ -263,6 +262,8 @@ class Scheduler:
             )
             if res.rowcount != 1:
                 raise _VMTaken()
+            # Only now, with the VM row ours (locked on MySQL), claim its lease.
+            lease = self._take_lease(conn, req, host)
             image = f", image {req.image_name}" if req.image_name else ""
             Store.record(
                 conn,
