@@ -173,3 +173,90 @@ def libvirt_uri() -> Iterator[str]:
     finally:
         cleanup_domains("lxvm-")
         release_libvirtd(started)
+
+
+# ---------------------------------------------------------------------------------------------
+# running modules the way Ansible does (ansible / ansible-playbook from the venv, local
+# connection, the venv's python as interpreter, the json stdout callback)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
+
+
+def ansible_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"),
+        ANSIBLE_STDOUT_CALLBACK="lxcloud_json",
+        ANSIBLE_CALLBACK_PLUGINS=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                              "callback_plugins"),
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_HOST_KEY_CHECKING="False",
+        ANSIBLE_RETRY_FILES_ENABLED="False",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_LOCALHOST_WARNING="False",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="False",
+    )
+    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _python() -> str:
+    return os.path.join(VENV_BIN, "python")
+
+
+def adhoc(module: str, args: dict, check: bool = False, diff: bool = False) -> dict:
+    """Run one module on localhost through ``ansible``; returns its result dict."""
+    import json
+
+    argv = [
+        os.path.join(VENV_BIN, "ansible"), "localhost", "-i", "localhost,", "-c", "local",
+        "-e", f"ansible_python_interpreter={_python()}",
+        "-m", module, "-a", json.dumps(args),
+    ]
+    if check:
+        argv.append("--check")
+    if diff:
+        argv.append("--diff")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), check=False)
+    try:
+        out = json.loads(proc.stdout)
+        return out["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        raise AssertionError(
+            f"ansible {module} printed no result (rc={proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        ) from None
+
+
+def playbook(path: str, extravars: dict | None = None, check: bool = False,
+             inventory: str = "localhost,", extra_args: tuple[str, ...] = ()) -> dict:
+    """Run a playbook; returns the json callback's document plus ``rc`` and ``stderr``."""
+    import json
+
+    argv = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", inventory, path, *extra_args]
+    if extravars is not None:
+        argv += ["-e", json.dumps(extravars)]
+    if check:
+        argv.append("--check")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=ansible_env(), check=False)
+    try:
+        doc = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(
+            f"ansible-playbook printed no JSON (rc={proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        ) from None
+    doc["rc"] = proc.returncode
+    doc["stderr"] = proc.stderr
+    return doc
+
+
+def task_results(doc: dict, host: str = "localhost") -> list[tuple[str, dict]]:
+    """(task name, result) for every task the host ran, in order."""
+    out = []
+    for play in doc.get("plays", []):
+        for task in play.get("tasks", []):
+            if host in task.get("hosts", {}):
+                out.append((task["task"]["name"], task["hosts"][host]))
+    return out
