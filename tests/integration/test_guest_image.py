@@ -6,16 +6,15 @@ golden.raw, context ISO on vdb, user-mode networking on a non-default slirp subn
 XML-RPC server on 127.0.0.1 stands in for ``lxcloud serve``: the guest reaches it through the
 slirp host address (NET.2), which slirp maps to the host's loopback.
 
-If no libvirtd answers on ``qemu:///system`` the test starts ``virtlogd -d`` and ``libvirtd -d``
-itself and stops exactly those processes (by pid) at the end.
+If no libvirtd answers on ``qemu:///system``, ``libvirt_helpers.ensure_libvirtd`` starts
+``virtlogd -d`` and ``libvirtd -d`` (and makes /dev/kvm root:kvm 0660); they are stopped again at
+the end unless other people's domains are running on them.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -31,11 +30,20 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
 libvirt = pytest.importorskip("libvirt")
 
+from libvirt_helpers import (  # noqa: E402
+    URI,
+    cleanup_domains,
+    ensure_libvirtd,
+    fix_kvm_permissions,
+    release_libvirtd,
+)
+
 REPO = Path(__file__).resolve().parents[2]
 BUILDER = REPO / "images" / "build-test-image"
 SLIRP_NET = "10.213.7.0"  # slirp subnet: host (gateway, maps to host loopback) .2, DNS .3
 GUEST_IP = "10.213.7.50"
 GATEWAY = "10.213.7.2"
+DOMAIN_PREFIX = "lxtest-guest-"
 CMDLINE = "console=ttyS0 root=/dev/vda rootfstype=ext4 quiet"
 
 
@@ -55,61 +63,19 @@ def test_image() -> Path:
     return out
 
 
-def _pid(path: str) -> int | None:
-    try:
-        return int(Path(path).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 @pytest.fixture(scope="module")
 def conn() -> Iterator[object]:
-    """A connection to the local system libvirtd, started here if none is running."""
-    started: list[int] = []
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    try:
-        c = libvirt.open("qemu:///system")
-    except libvirt.libvirtError:
-        c = None
-    if c is None:
-        if os.geteuid() != 0 or not shutil.which("libvirtd"):
-            pytest.skip("no libvirtd running and cannot start one (needs root and libvirtd)")
-        # /dev/kvm root-only makes libvirt re-probe qemu on every call (DESIGN.md)
-        if Path("/dev/kvm").exists() and (Path("/dev/kvm").stat().st_mode & 0o060) == 0:
-            subprocess.run(["chgrp", "kvm", "/dev/kvm"], check=False)
-            os.chmod("/dev/kvm", 0o660)
-        daemons = (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid"))
-        for daemon, pidfile in daemons:
-            _run([daemon, "-d"])
-            deadline = time.monotonic() + 10
-            while _pid(pidfile) is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            pid = _pid(pidfile)
-            assert pid is not None, f"{daemon} wrote no pid file {pidfile}"
-            started.append(pid)
-        deadline = time.monotonic() + 60
-        while c is None:
-            try:
-                c = libvirt.open("qemu:///system")
-            except libvirt.libvirtError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+    """A connection to the local system libvirtd (started for this module if none answers;
+    stopped again only if no one else's domains exist: see libvirt_helpers)."""
+    started = ensure_libvirtd()
+    print(f"libvirtd: started {started or 'nothing (already running)'}; {fix_kvm_permissions()}")
+    c = libvirt.open(URI)
     try:
         yield c
     finally:
         c.close()
-        for pid in reversed(started):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            for _ in range(100):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
+        cleanup_domains(DOMAIN_PREFIX)
+        release_libvirtd(started, (DOMAIN_PREFIX,))
 
 
 class FakeOneAPI:
@@ -207,7 +173,7 @@ def test_guest_boots_with_context_and_terminates_itself(test_image: Path, conn) 
     # a 0755 dir, not pytest's 0700 tmp: qemu runs as libvirt-qemu and must reach the files
     work = Path(tempfile.mkdtemp(prefix="lxtest-guest-", dir="/tmp"))
     work.chmod(0o755)
-    name = f"lxtest-guest-{uuid.uuid4().hex[:8]}"
+    name = f"{DOMAIN_PREFIX}{uuid.uuid4().hex[:8]}"
     vm_id = 4000 + secrets.randbelow(1000)
     token = secrets.token_urlsafe(24)
     mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
