@@ -167,27 +167,37 @@ def storage(backend, path, vg, run):
 # -- leases (allowed IP/MAC pairs) ---------------------------------------------------------
 
 
-def parse_lease_csv(text, host, source="lease file"):
-    """Rows ``ip,mac,name,host`` (header optional, ``#`` comments) pinned to ``host``.
+LEASE_FIELDS = ("ip", "mac", "name", "host")
 
-    Every row is validated, not only this host's: a broken file is an error, never a silently
-    shorter list.  Returns ``[{ip, mac, name}]`` sorted by MAC.
+
+def parse_lease_csv(text, host, source="lease file"):
+    """Rows ``ip,mac,name,host`` (``#`` comments) pinned to ``host``.
+
+    The control plane's lease file format: a header naming the four columns (any order; what
+    ``lxcloud lease export --format csv`` writes).  Without a header the order is
+    ``ip,mac,name,host``.  Every row is validated, not only this host's: a broken file is an
+    error, never a silently shorter list.  Returns ``[{ip, mac, name}]`` sorted by MAC.
     """
     leases = []
     seen_mac = {}
+    order = None
     reader = csv.reader(io.StringIO(text))
     for lineno, row in enumerate(reader, 1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
         cells = [c.strip() for c in row]
-        if lineno == 1 and [c.lower() for c in cells[:4]] == ["ip", "mac", "name", "host"]:
-            continue
+        if order is None:
+            lowered = [c.lower() for c in cells]
+            if sorted(lowered) == sorted(LEASE_FIELDS):
+                order = [lowered.index(f) for f in LEASE_FIELDS]
+                continue
+            order = [0, 1, 2, 3]
         if len(cells) != 4:
             raise ProbeError(
                 "%s line %d: expected 4 fields ip,mac,name,host, got %d"
                 % (source, lineno, len(cells))
             )
-        ip, mac, name, lease_host = cells
+        ip, mac, name, lease_host = (cells[i] for i in order)
         try:
             ip = validate_ip(ip, "%s line %d ip" % (source, lineno))
             mac = validate_mac(mac, "%s line %d mac" % (source, lineno))

@@ -104,6 +104,17 @@ def test_lease_csv_filters_this_host_and_normalises():
     assert len(hp.parse_lease_csv(LEASES.split("\n", 1)[1], "lxh2")) == 1
 
 
+def test_lease_csv_header_gives_the_column_order():
+    text = (
+        "host,name,mac,ip\n"
+        "lxh1,vm1.t,02:00:00:00:00:01,10.0.0.1\n"
+        "lxh2,vm2.t,02:00:00:00:00:02,10.0.0.2\n"
+    )
+    assert hp.parse_lease_csv(text, "lxh1") == [
+        {"ip": "10.0.0.1", "mac": "02:00:00:00:00:01", "name": "vm1.t"}
+    ]
+
+
 @pytest.mark.parametrize(
     ("bad_line", "message"),
     [

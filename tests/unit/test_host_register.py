@@ -220,3 +220,60 @@ def test_module_reports_api_errors(cp, tmp_path):
     assert r["_status"] == "FAILED" and r["api_code"] == 0x0100 and "authentication" in r["msg"]
     r = run_module(dict(args, api_session=None, api_config=str(tmp_path / "none.conf")))
     assert r["_status"] == "FAILED" and "cannot read" in r["msg"]
+
+
+# -- the boot script, with the module_utils laid out as the role installs them --------------
+
+
+def test_boot_script_registers_and_heartbeats(cp, tmp_path):
+    lib = tmp_path / "lib"
+    pkg = lib / "ansible_collections" / "lxcloud" / "cloud" / "plugins" / "module_utils"
+    pkg.mkdir(parents=True)
+    for d in [pkg, *pkg.parents][:5]:
+        (d / "__init__.py").write_text("")
+    for name in ("api_client.py", "host_probe.py", "names.py"):
+        (pkg / name).write_bytes((REPO / "plugins" / "module_utils" / name).read_bytes())
+    api_conf = tmp_path / "api.conf"
+    api_conf.write_text(f"[api]\nurl = {cp.url}\nsession = oneadmin:pw\n")
+    api_conf.chmod(0o600)
+    leases = tmp_path / "leases.csv"
+    leases.write_text("10.0.0.1,02:00:00:00:00:01,vm1.t,lxh7\n10.0.0.2,02:00:00:00:00:02,vm2.t,lxh8\n")
+    host_conf = tmp_path / "host.conf"
+    host_conf.write_text(
+        f"name=lxh7\nstorage_backend=dir\nstorage_dir={tmp_path}\nimages_dir={tmp_path}\n"
+        f"lease_source=file\nlease_file={leases}\nlibvirt_uri=test:///default\n"
+    )
+    log = tmp_path / "register.log"
+    script = REPO / "roles" / "hypervisor" / "files" / "lxcloud-register"
+    # /usr/bin/python3 is what hypervisors run; the script must not need the venv.
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LXCLOUD_LIB": str(lib)}
+
+    def run(*args):
+        return subprocess.run(
+            [python, script, "--host-config", host_conf, "--api-config", api_conf,
+             "--log", log, *args],
+            capture_output=True, text=True, env=env, check=False,
+        )
+
+    p = run("--boot")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["action"] == "register" and out["changed"] and out["macs"] == 1
+    assert cp.hosts["lxh7"]["macs"] == ["02:00:00:00:00:01"]
+    # Boot again: registers again (force) but nothing changed, still one host.
+    p = run("--boot")
+    assert json.loads(p.stdout)["action"] == "register" and not json.loads(p.stdout)["changed"]
+    cp.calls.clear()
+    p = run("--heartbeat", "--quiet")
+    assert p.returncode == 0 and p.stdout == "" and cp.calls == ["heartbeat"]
+    # The control plane forgot the host: a heartbeat falls back to registering.
+    cp.hosts.clear()
+    p = run("--heartbeat")
+    assert p.returncode == 0 and json.loads(p.stdout)["action"] == "register"
+    assert list(cp.hosts) == ["lxh7"]
+    assert len(log.read_text().splitlines()) == 4
+    # Bad credentials file mode: configuration error, exit 2.
+    api_conf.chmod(0o644)
+    p = run()
+    assert p.returncode == 2 and "0600" in p.stderr
