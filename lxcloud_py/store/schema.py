@@ -9,6 +9,7 @@ Times are UNIX epoch seconds (float, UTC).
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -79,7 +80,7 @@ images = Table(
     Column("name", String(64), nullable=False),
     Column("version", String(64), nullable=False),
     Column("sha256", String(64), nullable=False),
-    Column("size", Integer, nullable=False),  # bytes of the unpacked image
+    Column("size", BigInteger, nullable=False),  # bytes of the unpacked image (> 2 GiB)
     Column("format", String(16), nullable=False, default="raw"),
     Column("compression", String(16), nullable=False, default="zstd"),
     Column("created", Float, nullable=False),

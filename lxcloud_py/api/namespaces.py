@@ -1,0 +1,347 @@
+"""The API's methods, one namespace class per area (OpenNebula's names where they exist).
+
+A namespace lists the methods it exposes in ``METHODS``; nothing else is callable. Each method
+takes the authenticated :class:`~lxcloud_py.users.Principal` first, then the call's arguments
+after the session string, validates them (bad arguments: XML_RPC_API) and calls the domain
+modules (:mod:`lxcloud_py.hosts`, :mod:`~lxcloud_py.vms`, :mod:`~lxcloud_py.images`,
+:mod:`~lxcloud_py.leases`), whose exceptions the dispatcher maps to OpenNebula's codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from lxcloud_py import __version__, hosts, images, leases, vms
+from lxcloud_py.model import Conflict, InvalidInput, NotFound
+from lxcloud_py.store import Store
+from lxcloud_py.users import Principal
+
+from . import documents
+from .errors import ALLOCATE, AUTHORIZATION, NO_EXISTS, XML_RPC_API, ApiFailure
+
+#: XML-RPC's int is 32-bit signed.
+_INT_MAX = 2**31 - 1
+
+
+def want_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiFailure(XML_RPC_API, f"{what} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def want_str(value: object, what: str, max_len: int = 4096) -> str:
+    if not isinstance(value, str):
+        raise ApiFailure(XML_RPC_API, f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise ApiFailure(XML_RPC_API, f"{what} is longer than {max_len} characters")
+    return value
+
+
+def want_bool(value: object, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ApiFailure(XML_RPC_API, f"{what} must be a boolean")
+
+
+def want_struct(value: object, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ApiFailure(XML_RPC_API, f"{what} must be a struct")
+    return value
+
+
+class Namespace:
+    """Base: the store and the names of the exposed methods."""
+
+    NAME: ClassVar[str] = ""
+    METHODS: ClassVar[tuple[str, ...]] = ()
+    #: methods a VM's callback token may call (the method checks the VM id itself)
+    VM_METHODS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @staticmethod
+    def admin_only(who: Principal, method: str, what: str = "") -> None:
+        if not who.is_admin:
+            raise ApiFailure(
+                AUTHORIZATION,
+                f"User [{who.name}] : Not authorized to perform {method}{what}.",
+            )
+
+
+class SystemNamespace(Namespace):
+    NAME = "one.system"
+    METHODS = ("version",)
+
+    def version(self, who: Principal) -> str:
+        return __version__
+
+
+class HostNamespace(Namespace):
+    NAME = "one.host"
+    METHODS = ("allocate", "info", "status", "delete")
+
+    def allocate(
+        self,
+        who: Principal,
+        name: object,
+        im_mad: object,
+        vmm_mad: object,
+        cluster_id: object = -1,
+    ) -> int:
+        want_int(cluster_id, "cluster id")
+        try:
+            return hosts.allocate(
+                self.store,
+                want_str(name, "name", 64),
+                want_str(im_mad, "im_mad", 32),
+                want_str(vmm_mad, "vmm_mad", 32),
+            )
+        except (Conflict, InvalidInput) as exc:
+            raise ApiFailure(ALLOCATE, str(exc)) from None
+
+    def info(self, who: Principal, host_id: object, decrypt: object = False) -> str:
+        hid = want_int(host_id, "host id")
+        with self.store.transaction() as conn:
+            found = hosts.list_hosts(conn, ids=[hid])
+        if not found:
+            raise ApiFailure(NO_EXISTS, f"Error getting host [{hid}].", hid)
+        return documents.host_document(found[0])
+
+    def status(self, who: Principal, host_id: object, status: object) -> int:
+        return hosts.set_status(
+            self.store, want_int(host_id, "host id"), want_int(status, "status")
+        )
+
+    def delete(self, who: Principal, host_id: object) -> int:
+        return hosts.delete_host(self.store, want_int(host_id, "host id"))
+
+
+class HostPoolNamespace(Namespace):
+    NAME = "one.hostpool"
+    METHODS = ("info",)
+
+    def info(self, who: Principal) -> str:
+        with self.store.transaction() as conn:
+            return documents.host_pool_document(hosts.list_hosts(conn))
+
+
+class VmNamespace(Namespace):
+    NAME = "one.vm"
+    METHODS = ("allocate", "info", "action")
+    VM_METHODS = ("info", "action")
+
+    @staticmethod
+    def _own(who: Principal, method: str, vm_id: int, what: str) -> None:
+        if who.is_vm and who.vm_id != vm_id:
+            raise ApiFailure(
+                AUTHORIZATION,
+                f"User [{who.name}] : Not authorized to perform {what} VM [{vm_id}].",
+                vm_id,
+            )
+
+    def allocate(self, who: Principal, text: object, hold: object = False) -> int:
+        if who.user_id is None:  # pragma: no cover - VMs are refused before
+            raise ApiFailure(AUTHORIZATION, "only users allocate VMs")
+        try:
+            vm_id, _token = vms.allocate(
+                self.store,
+                want_str(text, "template", 256 * 1024),
+                who.user_id,
+                hold=want_bool(hold, "hold"),
+            )
+        except InvalidInput as exc:
+            raise ApiFailure(ALLOCATE, str(exc)) from None
+        return vm_id
+
+    def info(self, who: Principal, vm_id: object, decrypt: object = False) -> str:
+        vid = want_int(vm_id, "VM id")
+        self._own(who, "one.vm.info", vid, "USE")
+        try:
+            with self.store.transaction() as conn:
+                vm = vms.get(conn, vid)
+        except NotFound:
+            raise ApiFailure(NO_EXISTS, f"Error getting virtual machine [{vid}].", vid) from None
+        return documents.vm_document(vm)
+
+    def action(self, who: Principal, name: object, vm_id: object) -> int:
+        action = want_str(name, "action", 32)
+        vid = want_int(vm_id, "VM id")
+        self._own(who, "one.vm.action", vid, "MANAGE")
+        if who.is_vm and action not in vms.SELF_ACTIONS:
+            raise ApiFailure(
+                AUTHORIZATION,
+                f"User [{who.name}] : Not authorized to perform {action} on VM [{vid}].",
+                vid,
+            )
+        if action not in vms.ACTIONS:
+            raise ApiFailure(XML_RPC_API, f'Virtual machine action "{action}" is not supported')
+        try:
+            return vms.action(self.store, vid, action)
+        except NotFound:
+            raise ApiFailure(NO_EXISTS, f"Error getting virtual machine [{vid}].", vid) from None
+
+
+class VmPoolNamespace(Namespace):
+    NAME = "one.vmpool"
+    METHODS = ("info",)
+
+    def info(
+        self,
+        who: Principal,
+        filter_flag: object,
+        start_id: object = -1,
+        end_id: object = -1,
+        state: object = -1,
+        kv_filter: object = "",
+    ) -> str:
+        flag = want_int(filter_flag, "filter flag")
+        start = want_int(start_id, "start id")
+        end = want_int(end_id, "end id")
+        st = want_int(state, "state")
+        if want_str(kv_filter, "filter", 1024):
+            raise ApiFailure(XML_RPC_API, "KEY=VALUE filters are not supported")
+        if flag < -4:
+            raise ApiFailure(XML_RPC_API, f"bad filter flag {flag} (-4..-1 or a user id)")
+        owner: int | None
+        if flag == -2:
+            owner = None  # all VMs
+        elif flag < 0:
+            owner = who.user_id  # mine / my group's / mine and my group's: one group here
+        else:
+            owner = flag
+        with self.store.transaction() as conn:
+            found = vms.list_vms(conn, owner_id=owner, start_id=start, end_id=end, state=st)
+        return documents.vm_pool_document(found)
+
+
+class LxHostNamespace(Namespace):
+    NAME = "lxcloud.host"
+    METHODS = ("register", "heartbeat", "image")
+
+    def register(
+        self, who: Principal, name: object, capacity: object, macs: object, info: object = None
+    ) -> int:
+        cap = want_struct(capacity, "capacity")
+        for key in ("cpu", "memory_mb"):
+            if key not in cap:
+                raise ApiFailure(XML_RPC_API, f"capacity lacks {key!r}")
+        unknown = sorted(set(cap) - {"cpu", "memory_mb", "disk_mb"})
+        if unknown:
+            raise ApiFailure(XML_RPC_API, f"capacity has unknown key(s) {', '.join(unknown)}")
+        if not isinstance(macs, list):
+            raise ApiFailure(XML_RPC_API, "macs must be an array")
+        return hosts.register(
+            self.store,
+            want_str(name, "name", 64),
+            cap["cpu"],
+            cap["memory_mb"],
+            cap.get("disk_mb", 0),
+            macs,
+            want_struct(info, "info") if info is not None else None,
+        )
+
+    def heartbeat(self, who: Principal, name: object, info: object = None) -> int:
+        return hosts.heartbeat(
+            self.store,
+            want_str(name, "name", 64),
+            want_struct(info, "info") if info is not None else None,
+        )
+
+    def image(
+        self,
+        who: Principal,
+        host: object,
+        name: object,
+        version: object,
+        sha256: object,
+        state: object,
+    ) -> int:
+        return hosts.report_image(
+            self.store,
+            want_str(host, "host", 64),
+            want_str(name, "image name", 64),
+            want_str(version, "version", 64),
+            want_str(sha256, "sha256", 64),
+            want_str(state, "state", 16),
+        )
+
+
+class LxVmNamespace(Namespace):
+    NAME = "lxcloud.vm"
+    METHODS = ("token",)
+
+    def token(self, who: Principal, vm_id: object) -> str:
+        vid = want_int(vm_id, "VM id")
+        try:
+            return vms.issue_token(self.store, vid)
+        except NotFound:
+            raise ApiFailure(NO_EXISTS, f"Error getting virtual machine [{vid}].", vid) from None
+
+
+class LxImageNamespace(Namespace):
+    NAME = "lxcloud.image"
+    METHODS = ("register",)
+
+    def register(
+        self,
+        who: Principal,
+        name: object,
+        version: object,
+        sha256: object,
+        size: object,
+        fmt: object = "raw",
+        compression: object = "zstd",
+    ) -> int:
+        if isinstance(size, bool) or not isinstance(size, int | float):
+            raise ApiFailure(XML_RPC_API, "size must be a number of bytes (int or double)")
+        try:
+            return images.register(
+                self.store,
+                want_str(name, "name", 64),
+                want_str(version, "version", 64),
+                want_str(sha256, "sha256", 64),
+                size,
+                want_str(fmt, "format", 16),
+                want_str(compression, "compression", 16),
+            )
+        except Conflict as exc:
+            raise ApiFailure(ALLOCATE, str(exc)) from None
+
+
+class LxLeaseNamespace(Namespace):
+    NAME = "lxcloud.lease"
+    METHODS = ("list",)
+
+    def list(self, who: Principal, host: object = "") -> list[dict[str, Any]]:
+        name = want_str(host, "host", 64)
+        if name:
+            hosts.check_name(name)
+        with self.store.transaction() as conn:
+            rows = leases.list_leases(conn, host=name or None)
+        return [
+            {
+                "ip": r["ip"],
+                "mac": r["mac"],
+                "name": r["name"],
+                "host": r["host"],
+                "state": r["state"],
+                "vm_id": int(r["vm_id"]) if r["vm_id"] is not None else -1,
+            }
+            for r in rows
+        ]
+
+
+NAMESPACES: tuple[type[Namespace], ...] = (
+    SystemNamespace,
+    HostNamespace,
+    HostPoolNamespace,
+    VmNamespace,
+    VmPoolNamespace,
+    LxHostNamespace,
+    LxVmNamespace,
+    LxImageNamespace,
+    LxLeaseNamespace,
+)
