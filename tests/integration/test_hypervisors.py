@@ -1,0 +1,286 @@
+"""The hypervisor role on 3 testbed hosts against a real control plane.
+
+``testbed/up 3``, ``lxcloud db init`` on a temporary SQLite database, ``lxcloud serve`` on the
+testbed bridge (10.213.0.1), then ``playbooks/hypervisors.yml`` with the venv's
+ansible-playbook over SSH. lxh1 and lxh2 read a local lease file, lxh3 gets its leases from
+the control plane's lease table. Everything the tests look at comes from the API
+(``one.hostpool.info``) or from the hosts over SSH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import ApiClient
+
+pytestmark = [pytest.mark.testbed, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LISTEN_HOST = "10.213.0.1"
+HOSTS = ["lxh1", "lxh2", "lxh3"]
+# Local lease files (lxh1, lxh2) and the control plane's lease table (lxh3).
+LOCAL_LEASES = {
+    "lxh1": [
+        {"ip": "10.213.1.11", "mac": "02:00:0a:d5:01:0b", "name": "vm11.lxcloud.test"},
+        {"ip": "10.213.1.12", "mac": "02:00:0a:d5:01:0c", "name": "vm12.lxcloud.test"},
+    ],
+    "lxh2": [{"ip": "10.213.1.21", "mac": "02:00:0a:d5:01:15", "name": "vm21.lxcloud.test"}],
+    "lxh3": [],
+}
+API_LEASES = [
+    ("10.213.1.31", "02:00:0a:d5:01:1f", "vm31.lxcloud.test", "lxh3"),
+    ("10.213.1.32", "02:00:0a:d5:01:20", "vm32.lxcloud.test", "lxh3"),
+]
+TIMINGS: dict[str, float] = {}
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class ControlPlane:
+    """``lxcloud serve`` on the testbed bridge with a temporary SQLite database."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.db = f"sqlite:///{workdir / 'lxcloud.db'}"
+        self.password = secrets.token_urlsafe(16)
+        self.session = f"oneadmin:{self.password}"
+        self.port = _free_port(LISTEN_HOST)
+        self.url = f"http://{LISTEN_HOST}:{self.port}/RPC2"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def lxcloud(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [BIN / "lxcloud", "--db", self.db, *args],
+            capture_output=True, text=True, check=check, timeout=120,
+        )
+
+    def start(self, *serve_args: str) -> None:
+        if not (self.dir / "lxcloud.db").exists():
+            self.lxcloud("db", "init", "--admin-password", self.password)
+        self.log = open(self.dir / "serve.log", "ab")  # noqa: SIM115 - lives with the server
+        self.proc = subprocess.Popen(
+            [BIN / "lxcloud", "--db", self.db, "serve", "--listen",
+             f"{LISTEN_HOST}:{self.port}", *serve_args],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.dir / "serve.log").read_text()[-3000:])
+            try:
+                socket.create_connection((LISTEN_HOST, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("lxcloud serve did not listen within 30 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    @property
+    def client(self) -> ApiClient:
+        return ApiClient(self.url, self.session, retries=0)
+
+    def pool(self) -> dict[str, dict]:
+        hosts = self.client.hostpool()
+        names = [h["name"] for h in hosts]
+        assert len(names) == len(set(names)), f"duplicate hosts in one.hostpool.info: {names}"
+        return {h["name"]: h for h in hosts}
+
+
+def ssh(testbed_dir: Path, host: str, *argv: str, check: bool = True,
+        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-F", str(testbed_dir / "ssh_config"), host, "--", *argv],
+        capture_output=True, text=True, check=check, timeout=120, input=stdin,
+    )
+
+
+def run_playbook(cp: ControlPlane, inventory: Path, workdir: Path, *extra: str):
+    extra_vars = {
+        "lxcloud_api_url": cp.url,
+        "lxcloud_api_session": cp.session,
+        "lxcloud_apt_update_cache": False,
+        "lxcloud_test_leases": LOCAL_LEASES,
+        "lxcloud_local_leases": "{{ lxcloud_test_leases[inventory_hostname] }}",
+    }
+    vars_file = workdir / "extra-vars.json"
+    vars_file.write_text(json.dumps(extra_vars))
+    vars_file.chmod(0o600)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [BIN / "ansible-playbook", "-i", str(inventory), "-e", f"@{vars_file}",
+         str(REPO / "playbooks" / "hypervisors.yml"), *extra],
+        capture_output=True, text=True, env=env, timeout=900, check=False,
+    )
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return proc.stdout, elapsed
+
+
+def recap(stdout: str) -> dict[str, dict[str, int]]:
+    out = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", stdout, re.M):
+        out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return out
+
+
+@pytest.fixture(scope="module")
+def farm(testbed, tmp_path_factory) -> Iterator[dict]:
+    """3 testbed hosts, a control plane, and the hypervisors playbook run once."""
+    tb = testbed(3) if callable(testbed) else testbed
+    tb_dir = Path(getattr(tb, "dir", REPO / ".testbed"))
+    inventory = Path(getattr(tb, "inventory", tb_dir / "inventory.ini"))
+    work = tmp_path_factory.mktemp("hypervisors")
+    cp = ControlPlane(work)
+    cp.start()
+    try:
+        csv = work / "api-leases.csv"
+        csv.write_text("ip,mac,name,host\n" + "".join(",".join(r) + "\n" for r in API_LEASES))
+        cp.lxcloud("lease", "import", str(csv))
+        # A previous run on the same testbed may have left lease files behind.
+        for h in HOSTS:
+            ssh(tb_dir, h, "rm", "-f", "/etc/lxcloud/leases.csv")
+        out, first = run_playbook(cp, inventory, work)
+        TIMINGS["playbook_first_s"] = first
+        yield {"cp": cp, "tb_dir": tb_dir, "inventory": inventory, "work": work,
+               "first_stdout": out}
+    finally:
+        cp.stop()
+        print(f"\nhypervisors playbook timings (3 hosts): {TIMINGS}")
+
+
+def expected_macs(host: str) -> list[str]:
+    if LOCAL_LEASES[host]:
+        return sorted(x["mac"] for x in LOCAL_LEASES[host])
+    return sorted(r[1] for r in API_LEASES if r[3] == host)
+
+
+def test_hostpool_lists_the_hosts_with_capacity_and_macs(farm):
+    pool = farm["cp"].pool()
+    assert set(HOSTS) <= set(pool)
+    with open("/proc/meminfo") as fh:
+        mem_mb = int(fh.readline().split()[1]) // 1024
+    for h in HOSTS:
+        rec = pool[h]
+        assert rec["state"] == 2, rec  # MONITORED
+        assert rec["cpu"] == os.cpu_count()  # testbed hosts share this machine's CPUs
+        assert rec["memory_mb"] == mem_mb
+        assert rec["disk_mb"] > 0
+        assert rec["macs"] == expected_macs(h), h
+    # The first run did something on every host.
+    first = recap(farm["first_stdout"])
+    assert all(first[h]["changed"] > 0 for h in HOSTS), first
+
+
+def test_second_run_changes_nothing(farm):
+    out, second = run_playbook(farm["cp"], farm["inventory"], farm["work"])
+    TIMINGS["playbook_second_s"] = second
+    rc = recap(out)
+    assert set(HOSTS) <= set(rc)
+    assert {h: rc[h]["changed"] for h in HOSTS} == dict.fromkeys(HOSTS, 0), out[-3000:]
+    assert all(rc[h]["failed"] == 0 and rc[h]["unreachable"] == 0 for h in HOSTS)
+
+
+def test_boot_script_re_registers_without_duplicates(farm):
+    cp, tb_dir = farm["cp"], farm["tb_dir"]
+    before = cp.pool()
+    p = ssh(tb_dir, "lxh2", "/etc/init.d/lxcloud-register", "start")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["host"] == "lxh2" and out["action"] == "register" and not out["changed"]
+    assert out["host_id"] == before["lxh2"]["id"]
+    after = cp.pool()
+    assert set(after) == set(before)
+    assert after["lxh2"]["id"] == before["lxh2"]["id"]
+    assert after["lxh2"]["macs"] == before["lxh2"]["macs"]
+    log = ssh(tb_dir, "lxh2", "tail", "-n", "1", "/var/log/lxcloud/register.log").stdout
+    assert '"action": "register"' in log
+
+
+def test_local_lease_file_change_shows_up(farm):
+    cp, tb_dir = farm["cp"], farm["tb_dir"]
+    new = "10.213.1.13,02:00:0a:d5:01:0d,vm13.lxcloud.test,lxh1\n"
+    ssh(tb_dir, "lxh1", "sh", "-c", "cat >> /etc/lxcloud/leases.csv", stdin=new)
+    try:
+        p = ssh(tb_dir, "lxh1", "/etc/init.d/lxcloud-register", "start")
+        assert json.loads(p.stdout.strip().splitlines()[-1])["changed"] is True
+        assert cp.pool()["lxh1"]["macs"] == sorted([*expected_macs("lxh1"), "02:00:0a:d5:01:0d"])
+    finally:
+        # Put the file back as the role writes it, and register again.
+        run_playbook(farm["cp"], farm["inventory"], farm["work"], "--limit", "lxh1")
+    assert cp.pool()["lxh1"]["macs"] == expected_macs("lxh1")
+
+
+def test_control_plane_lease_change_shows_up(farm):
+    cp, tb_dir = farm["cp"], farm["tb_dir"]
+    csv = farm["work"] / "api-leases-2.csv"
+    rows = [*API_LEASES, ("10.213.1.33", "02:00:0a:d5:01:21", "vm33.lxcloud.test", "lxh3")]
+    csv.write_text("ip,mac,name,host\n" + "".join(",".join(r) + "\n" for r in rows))
+    cp.lxcloud("lease", "import", str(csv))
+    assert cp.pool()["lxh3"]["macs"] == expected_macs("lxh3")  # not yet: the host reports it
+    p = ssh(tb_dir, "lxh3", "/usr/local/sbin/lxcloud-register")
+    out = json.loads(p.stdout)
+    assert out["changed"] and out["lease_source"] == "api"
+    assert cp.pool()["lxh3"]["macs"] == sorted(
+        [*expected_macs("lxh3"), "02:00:0a:d5:01:21"]
+    )
+
+
+def test_stopped_host_goes_to_error_and_comes_back(farm):
+    """lxh1 and lxh2 keep sending heartbeats (what their cron entry does); lxh3 stops. The
+    control plane's staleness monitor (``hosts.mark_stale``, 2 missed intervals of 1.5 s) turns
+    lxh3 to ERROR and leaves the others MONITORED; lxh3's next heartbeat brings it back."""
+    from lxcloud_py import hosts
+    from lxcloud_py.store import Store
+
+    cp, tb_dir = farm["cp"], farm["tb_dir"]
+    interval, missed = 1.5, 2
+    beat = ["/usr/local/sbin/lxcloud-register", "--heartbeat", "--quiet"]
+    store = Store(cp.db)
+    try:
+        marked: list[tuple[int, str]] = []
+        deadline = time.monotonic() + 4 * interval * missed
+        while time.monotonic() < deadline:
+            beats = [
+                subprocess.Popen(["ssh", "-F", str(tb_dir / "ssh_config"), h, "--", *beat])
+                for h in ("lxh1", "lxh2")
+            ]
+            assert [b.wait(60) for b in beats] == [0, 0]
+            marked += hosts.mark_stale(store, time.time(), interval, missed)
+            time.sleep(interval / 2)
+        pool = cp.pool()
+        assert [name for _, name in marked] == ["lxh3"]
+        assert pool["lxh3"]["state"] == 3  # ERROR
+        assert pool["lxh1"]["state"] == 2 and pool["lxh2"]["state"] == 2
+        p = ssh(tb_dir, "lxh3", *beat)
+        assert p.returncode == 0 and p.stdout == ""
+        assert cp.pool()["lxh3"]["state"] == 2  # MONITORED again
+        assert hosts.mark_stale(store, time.time(), interval, missed) == []
+    finally:
+        store.dispose()
