@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import BindParameter, Connection, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
 
 from lxcloud_py.config import SchedulerConfig
@@ -35,13 +35,14 @@ from lxcloud_py.leases import claim_lease
 from lxcloud_py.model import SCHEDULABLE_HOST_STATES, LCMState, VMState
 from lxcloud_py.store import Store, schema
 
-from .filters import FILTERS, BaseFilter, DispatchLimitFilter
+from .filters import FILTERS, BaseFilter
 from .state import HostState, Lease, Request, load_hosts, load_requests, usage_query
 from .weighers import WEIGHERS, BaseWeigher, normalise
 
 log = logging.getLogger("lxcloud.scheduler")
 
 _H, _V, _L = schema.hosts, schema.vms, schema.leases
+_HISTORY = insert(schema.history)
 #: MySQL errors that mean "try again": deadlock found, lock wait timeout.
 _RETRYABLE_MYSQL = {1213, 1205}
 
@@ -95,7 +96,36 @@ class Scheduler:
         self.config = (config or SchedulerConfig()).validate()
         self.filters: list[BaseFilter] = [FILTERS[n](self.config) for n in self.config.filters]
         self.weighers: list[BaseWeigher] = [WEIGHERS[n](self.config) for n in self.config.weighers]
-        self._dispatch = DispatchLimitFilter(self.config)
+        self._conn: Connection | None = None
+        # Capacity rules re-checked under the host's lock at claim time.
+        self._capacity_filters = [
+            f
+            for f in self.filters
+            if f.name in ("CpuFilter", "MemoryFilter", "DispatchLimitFilter")
+        ]
+        # Statements built once (a cycle runs thousands of claims).
+        hid: BindParameter[int] = bindparam("hid")
+        self._lock_host = store.for_update(
+            select(_H.c.state, _H.c.cpu, _H.c.memory_mb, _H.c.max_dispatch).where(_H.c.id == hid)
+        )
+        self._host_usage = usage_query().where(_V.c.host_id == hid)
+        self._bind_vm = (
+            update(_V)
+            .where(_V.c.id == bindparam("vid"), _V.c.state == VMState.PENDING)
+            .values(
+                host_id=hid,
+                image_id=bindparam("iid"),
+                state=VMState.ACTIVE,
+                lcm_state=LCMState.PROLOG,
+                sched_message=None,
+            )
+        )
+        self._n_static = 0
+        while self._n_static < len(self.filters) and self.filters[self._n_static].static:
+            self._n_static += 1
+        self._static: dict[
+            tuple[object, ...], tuple[list[HostState], list[tuple[str, int]], BaseFilter | None]
+        ] = {}
 
     # -- one cycle ------------------------------------------------------------------------------
     def run_cycle(self, limit: int | None = None) -> CycleResult:
@@ -104,6 +134,37 @@ class Scheduler:
             hosts = load_hosts(conn)
             requests = load_requests(conn, limit)
         result = CycleResult(hosts=len(hosts), requests=len(requests))
+        self._static.clear()
+        # One connection for the cycle, one short transaction per claim on it (a new SQLite
+        # connection per claim would cost a WAL checkpoint each time the last one closes).
+        with self.store.engine.connect() as conn:
+            self._conn = conn
+            try:
+                self._run(hosts, requests, limit, result)
+            finally:
+                self._conn = None
+        result.seconds = time.monotonic() - t0
+        if result.requests:
+            log.info(
+                "cycle: %d pending, %d placed, %d unplaced, %d taken elsewhere, %d conflicts, "
+                "%.3f s; rejections per filter: %s",
+                result.requests,
+                len(result.placements),
+                len(result.unplaced),
+                len(result.skipped),
+                result.conflicts,
+                result.seconds,
+                dict(result.rejected) or "none",
+            )
+        return result
+
+    def _run(
+        self,
+        hosts: list[HostState],
+        requests: list[Request],
+        limit: int | None,
+        result: CycleResult,
+    ) -> None:
         # A request shape that found no host cannot find one later in the same cycle: hosts
         # only fill up. Cache the reason instead of filtering 500 hosts again.
         failed: dict[tuple[float, int, str | None], str] = {}
@@ -125,52 +186,62 @@ class Scheduler:
                 if req.held_lease is None:
                     failed[key] = outcome
         self._save_messages(requests, result)
-        result.seconds = time.monotonic() - t0
-        if result.requests:
-            log.info(
-                "cycle: %d pending, %d placed, %d unplaced, %d taken elsewhere, %d conflicts, "
-                "%.3f s; rejections per filter: %s",
-                result.requests,
-                len(result.placements),
-                len(result.unplaced),
-                len(result.skipped),
-                result.conflicts,
-                result.seconds,
-                dict(result.rejected) or "none",
-            )
-        return result
 
-    def _filter(
-        self, req: Request, hosts: list[HostState], result: CycleResult
-    ) -> tuple[list[HostState], str | None]:
-        """Run the filters in order; return the candidates, or none and the reason."""
-        remaining = hosts
-        counts: list[tuple[str, int]] = []
+    def _apply(
+        self,
+        filters: list[BaseFilter],
+        remaining: list[HostState],
+        req: Request,
+        counts: list[tuple[str, int]],
+    ) -> tuple[list[HostState], BaseFilter | None]:
+        """Run ``filters`` in order; returns the hosts left and the filter that left none."""
         debug = log.isEnabledFor(logging.DEBUG)
-        for f in self.filters:
+        for f in filters:
             passes = f.host_passes
             kept = [h for h in remaining if passes(h, req)]
-            dropped = len(remaining) - len(kept)
-            if dropped:
-                counts.append((f.name, dropped))
-                result.rejected[f.name] += dropped
+            if len(kept) != len(remaining):
+                counts.append((f.name, len(remaining) - len(kept)))
             if debug:
                 log.debug(
                     "VM %d: %s left %d of %d hosts", req.vm_id, f.name, len(kept), len(remaining)
                 )
             remaining = kept
             if not remaining:
-                if not hosts:
-                    return [], "No hosts registered"
-                detail = ", ".join(f"{name}({n})" for name, n in counts)
-                total = len(hosts)
-                return [], (
-                    f"{f.none_left(req)}: {total} host{'s' if total != 1 else ''} "
-                    f"filtered out by {detail}"
-                )
+                return [], f
+        return remaining, None
+
+    def _filter(
+        self, req: Request, hosts: list[HostState], result: CycleResult
+    ) -> tuple[list[HostState], str | None]:
+        """Run the filters in order; return the candidates, or none and the reason."""
         if not hosts:
             return [], "No hosts registered"
-        return remaining, None
+        n = self._n_static
+        counts: list[tuple[str, int]] = []
+        remaining: list[HostState] = hosts
+        emptied: BaseFilter | None = None
+        if n:
+            # The leading static filters: once per cycle and request key.
+            key = tuple(f.cache_key(req) for f in self.filters[:n])
+            cached = self._static.get(key)
+            if cached is None:
+                static_counts: list[tuple[str, int]] = []
+                kept, by = self._apply(self.filters[:n], hosts, req, static_counts)
+                cached = self._static[key] = (kept, static_counts, by)
+            remaining, static_counts, emptied = cached
+            counts.extend(static_counts)
+        if emptied is None:
+            remaining, emptied = self._apply(self.filters[n:], remaining, req, counts)
+        for name, dropped in counts:
+            result.rejected[name] += dropped
+        if emptied is None:
+            return remaining, None
+        detail = ", ".join(f"{name}({dropped})" for name, dropped in counts)
+        total = len(hosts)
+        return [], (
+            f"{emptied.none_left(req)}: {total} host{'s' if total != 1 else ''} "
+            f"filtered out by {detail}"
+        )
 
     def _weigh(self, req: Request, candidates: list[HostState]) -> list[HostState]:
         if len(candidates) < 2 or not self.weighers:
@@ -201,6 +272,7 @@ class Scheduler:
             except _VMTaken:
                 return None
             except _Lost as exc:
+                self._static.clear()  # the host's state may have changed
                 lost += 1
                 result.conflicts += 1
                 log.info("VM %d: claim on host %s lost: %s", req.vm_id, host.name, exc)
@@ -224,15 +296,10 @@ class Scheduler:
 
     # -- the atomic claim -----------------------------------------------------------------------
     def _claim(self, req: Request, host: HostState) -> Placement:
-        store = self.store
-        with store.transaction() as conn:
-            row = conn.execute(
-                store.for_update(
-                    select(_H.c.state, _H.c.cpu, _H.c.memory_mb, _H.c.max_dispatch).where(
-                        _H.c.id == host.id
-                    )
-                )
-            ).first()
+        conn = self._conn
+        assert conn is not None, "claims happen inside run_cycle"
+        with conn.begin():
+            row = conn.execute(self._lock_host, {"hid": host.id}).first()
             if row is None:
                 host.state = -1
                 raise _Lost("host was deleted")
@@ -240,39 +307,32 @@ class Scheduler:
             host.cpu_total, host.memory_total = float(row.cpu or 0), int(row.memory_mb or 0)
             if row.state not in SCHEDULABLE_HOST_STATES:
                 raise _Lost(f"host state is now {row.state}")
-            self._refresh_usage(conn, host)
-            for f in self.filters:
-                if f.name in ("CpuFilter", "MemoryFilter", "DispatchLimitFilter") and not (
-                    f.host_passes(host, req)
-                ):
+            # Re-count the host's live VMs in the database, under the host's lock.
+            usage = conn.execute(self._host_usage, {"hid": host.id}).first()
+            host.set_usage(*(usage[1:] if usage else (0, 0, 0, 0)))
+            for f in self._capacity_filters:
+                if not f.host_passes(host, req):
                     raise _Lost(f.reason)
             # Without ImageFilter enabled the host may lack the image: bind none then.
             staged = host.images.get(req.image_name) if req.image_name else None
             image_id = staged[0] if staged else None
-            res = conn.execute(
-                update(_V)
-                .where(_V.c.id == req.vm_id, _V.c.state == VMState.PENDING)
-                .values(
-                    host_id=host.id,
-                    image_id=image_id,
-                    state=VMState.ACTIVE,
-                    lcm_state=LCMState.PROLOG,
-                    sched_message=None,
-                )
-            )
+            res = conn.execute(self._bind_vm, {"vid": req.vm_id, "hid": host.id, "iid": image_id})
             if res.rowcount != 1:
                 raise _VMTaken()
             # Only now, with the VM row ours (locked on MySQL), claim its lease.
             lease = self._take_lease(conn, req, host)
             image = f", image {req.image_name}" if req.image_name else ""
-            Store.record(
-                conn,
-                "vm",
-                req.vm_id,
-                VMState.PENDING,
-                VMState.ACTIVE,
-                f"PROLOG: placed on host {host.name}, lease {lease.ip} {lease.mac} "
-                f"{lease.name}{image}",
+            conn.execute(
+                _HISTORY,
+                {
+                    "ts": time.time(),
+                    "kind": "vm",
+                    "object_id": req.vm_id,
+                    "old_state": VMState.PENDING.name,
+                    "new_state": VMState.ACTIVE.name,
+                    "message": f"PROLOG: placed on host {host.name}, lease {lease.ip} "
+                    f"{lease.mac} {lease.name}{image}",
+                },
             )
         return Placement(
             vm_id=req.vm_id,
@@ -285,13 +345,6 @@ class Scheduler:
             lease_name=lease.name,
             image_id=image_id,
         )
-
-    def _refresh_usage(self, conn: Connection, host: HostState) -> None:
-        row = conn.execute(usage_query().where(_V.c.host_id == host.id)).first()
-        if row is None:
-            host.set_usage(0, 0, 0, 0)
-        else:
-            host.set_usage(row[1], row[2], row[3], row[4])
 
     def _take_lease(self, conn: Connection, req: Request, host: HostState) -> Lease:
         if req.held_lease is not None:
@@ -320,8 +373,9 @@ class Scheduler:
         ]
         if not changed:
             return
-        with self.store.transaction() as conn:
-            conn.execute(
+        assert self._conn is not None
+        with self._conn.begin():
+            self._conn.execute(
                 update(_V)
                 .where(_V.c.id == bindparam("vid"), _V.c.state == VMState.PENDING)
                 .values(sched_message=bindparam("msg")),

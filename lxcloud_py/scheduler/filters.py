@@ -8,6 +8,7 @@ run in the configured order, each on the hosts the previous ones left.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import ClassVar
 
 from lxcloud_py.config import SchedulerConfig
@@ -20,6 +21,13 @@ _EPS = 1e-9
 class BaseFilter:
     name: ClassVar[str] = "BaseFilter"
     reason: ClassVar[str] = "rejected"
+    #: True when the verdict depends only on things that do not change during a cycle (host
+    #: state, staged images) and on :meth:`cache_key` of the request: the scheduler then
+    #: computes it once per cycle and key instead of once per VM.
+    static: ClassVar[bool] = False
+
+    def cache_key(self, request: Request) -> Hashable:
+        return ()
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
@@ -36,6 +44,7 @@ class HostStateFilter(BaseFilter):
 
     name = "HostStateFilter"
     reason = "host disabled, offline or in error"
+    static = True
 
     def host_passes(self, host: HostState, request: Request) -> bool:
         return host.schedulable
@@ -49,6 +58,10 @@ class ImageFilter(BaseFilter):
 
     name = "ImageFilter"
     reason = "requested image not staged and verified"
+    static = True
+
+    def cache_key(self, request: Request) -> Hashable:
+        return request.image_name
 
     def host_passes(self, host: HostState, request: Request) -> bool:
         return request.image_name is None or request.image_name in host.images
