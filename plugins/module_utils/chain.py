@@ -1,0 +1,640 @@
+#!/usr/bin/python3
+# -*- coding: utf-8 -*-
+# Copyright: lxcloud developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The staging agent: lxcloud's pipelined chain relay, plus the per-host side of the other
+distribution strategies.  One stdlib-only file, run as a script (the control plane ships it to
+each host over ssh and runs it with ``/usr/bin/python3``)::
+
+    chain.py relay   --listen ADDR:PORT --file F --size N --sha256 H   a chain member
+    chain.py source  --file F --size N --sha256 H --chain A:P,A:P,...   the repository end
+    chain.py watch   --file F --size N --sha256 H             scp targets (hash as it grows)
+    chain.py torrent --torrent-hex T --file F --size N --sha256 H   an aria2c peer/seeder
+
+Every mode prints JSON lines on stdout: ``{"ev": "listening"}``, ``{"ev": "progress",
+"bytes": n}`` (about twice a second), ``{"ev": "dead", "peer": "A:P", "reason": ...}`` (a
+downstream given up on), ``{"ev": "done", "ok": true|false, "bytes": n, "seconds": t,
+"sha256": ...}`` and ``{"ev": "error", "msg": ...}``.
+
+Chain protocol (TCP, one connection per hop):
+  upstream -> downstream: one JSON line ``{"size", "sha256", "chain": [rest...]}``;
+  downstream -> upstream: ``{"offset": n}`` (bytes it already holds: a re-routed upstream
+  resumes there), then heartbeats ``{"hb": n}`` every second and finally ``{"done": true}``
+  once it holds the verified image AND its own downstream chain finished;
+  upstream -> downstream: bytes ``[offset, size)``.
+Each relay writes what arrives to ``F.part`` (hashing it in order), and a sender thread
+forwards from that file (``sendfile``) as soon as bytes are on disk: the stream is pipelined,
+so N hosts take about one link's time.  When a downstream dies (connect/send error, or no
+heartbeat for ``--timeout`` seconds) the sender reports it and connects to the next host of
+the chain, which answers with its offset.  A relay that is re-routed to gets a new upstream and
+drops the old one (``{"superseded": true}``).  At the end each relay checks sha256 and renames
+``F.part`` to ``F`` (or deletes it on a mismatch).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+CHUNK = 256 * 1024
+EMIT_LOCK = threading.Lock()
+
+
+def emit(**ev):
+    line = json.dumps(ev, sort_keys=True) + "\n"
+    with EMIT_LOCK:
+        try:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):
+            # the control plane went away: nobody to report to, stop
+            os._exit(3)
+
+
+def parse_peer(text):
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError("peer must be ADDR:PORT, got %r" % text)
+    return host.strip("[]"), int(port)
+
+
+class Throttle:
+    """Token bucket (bytes/s) for tests and for shaping without tc; 0 = unlimited."""
+
+    def __init__(self, rate):
+        self.rate = float(rate or 0)
+        self.t = time.monotonic()
+        self.tokens = 0.0
+
+    def allow(self, want):
+        if not self.rate:
+            return want
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.tokens + (now - self.t) * self.rate, self.rate / 10)
+            self.t = now
+            if self.tokens >= min(want, 16384):
+                n = int(min(want, self.tokens))
+                self.tokens -= n
+                return n
+            time.sleep(max(0.001, (min(want, 16384) - self.tokens) / self.rate))
+
+
+class Image:
+    """The local copy: bytes on disk so far, and the condition senders wait on."""
+
+    def __init__(self, path, size, sha256, complete=False):
+        self.path = path
+        self.size = size
+        self.sha256 = sha256
+        self.cv = threading.Condition()
+        self.have = size if complete else 0
+        self.failed = None  # reason string once this node gives up
+        self.hash = hashlib.sha256()
+
+    def wait_for(self, off, timeout):
+        """Block until more than ``off`` bytes are on disk; returns have (or raises)."""
+        with self.cv:
+            end = time.monotonic() + timeout
+            while self.have <= off and self.failed is None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return self.have
+                self.cv.wait(min(left, 1.0))
+            if self.failed is not None and self.have <= off:
+                raise IOError("local copy failed: %s" % self.failed)
+            return self.have
+
+
+class Sender:
+    """Forward the local copy down the chain, re-routing around dead hosts."""
+
+    def __init__(self, image, chain, timeout, rate=0, sndbuf=0, me=""):
+        self.image = image
+        self.chain = list(chain)
+        self.timeout = timeout
+        self.throttle = Throttle(rate)
+        self.sndbuf = sndbuf
+        self.me = me
+        self.dead = []
+        self.sent_to = []
+        self.superseded = False
+        self.thread = None
+
+    def start(self):
+        self.thread = threading.Thread(target=self.run, name="sender", daemon=True)
+        self.thread.start()
+
+    def join(self):
+        if self.thread:
+            self.thread.join()
+
+    def run(self):
+        i = 0
+        while i < len(self.chain) and not self.superseded:
+            peer = self.chain[i]
+            try:
+                self._serve(peer, self.chain[i + 1:])
+                self.sent_to.append(peer)
+                return
+            except _Superseded:
+                self.superseded = True
+                return
+            except (OSError, ValueError) as exc:
+                if self.image.failed is not None:
+                    return
+                self.dead.append(peer)
+                emit(ev="dead", peer=peer, reason=str(exc) or type(exc).__name__, by=self.me)
+                i += 1
+
+    def _serve(self, peer, rest):
+        addr, port = parse_peer(peer)
+        s = socket.create_connection((addr, port), timeout=self.timeout)
+        try:
+            if self.sndbuf:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            hdr = {"size": self.image.size, "sha256": self.image.sha256, "chain": rest,
+                   "from": self.me}
+            s.sendall((json.dumps(hdr) + "\n").encode())
+            reader = _LineReader(s)
+            reply = reader.line(self.timeout)
+            while "offset" not in reply:
+                if "error" in reply:
+                    raise ValueError("%s refused: %s" % (peer, reply["error"]))
+                reply = reader.line(self.timeout)
+            off = int(reply["offset"])
+            with open(self.image.path, "rb") as fh:
+                while off < self.image.size:
+                    have = self.image.wait_for(off, self.timeout)
+                    reader.poll()  # heartbeats, or superseded
+                    if have <= off:
+                        continue
+                    n = self.throttle.allow(min(have - off, 4 << 20))
+                    try:
+                        sent = s.sendfile(fh, off, n)
+                    except OSError:
+                        reader.poll()
+                        raise
+                    if not sent:
+                        raise IOError("connection closed by %s" % peer)
+                    off += sent
+            # all bytes sent: wait until the rest of the chain holds the image
+            while True:
+                msg = reader.line(self.timeout)
+                if msg.get("done"):
+                    return
+        finally:
+            s.close()
+
+
+class _Superseded(Exception):
+    pass
+
+
+class _LineReader:
+    """JSON lines from the downstream; ``timeout`` between any two of them means dead."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+    def _take(self):
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            if line.strip():
+                msg = json.loads(line)
+                if msg.get("superseded"):
+                    raise _Superseded()
+                return msg
+        return None
+
+    def poll(self):
+        """Consume whatever arrived without blocking."""
+        while True:
+            r, _, _ = select.select([self.sock], [], [], 0)
+            if not r:
+                return
+            data = self.sock.recv(65536)
+            if not data:
+                raise IOError("connection closed by downstream")
+            self.buf += data
+            while self._take() is not None:
+                pass
+
+    def line(self, timeout):
+        msg = self._take()
+        if msg is not None:
+            return msg
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("no word from downstream for %ss" % timeout)
+            r, _, _ = select.select([self.sock], [], [], left)
+            if not r:
+                continue
+            data = self.sock.recv(65536)
+            if not data:
+                raise IOError("connection closed by downstream")
+            self.buf += data
+            msg = self._take()
+            if msg is not None:
+                return msg
+
+
+class Relay:
+    """A chain member: receive into F.part, forward, verify, rename."""
+
+    def __init__(self, args):
+        self.args = args
+        self.part = args.file + ".part"
+        self.image = Image(self.part, args.size, args.sha256)
+        self.lock = threading.Lock()
+        self.wlock = threading.Lock()
+        self.slock = threading.Lock()
+        self.hb_ok = None
+        self.upstream = None
+        self.sender = None
+        self.complete = threading.Event()
+        self.ok = None
+        self.t0 = None
+        self.last_data = time.monotonic()
+
+    def serve(self):
+        a = self.args
+        d = os.path.dirname(os.path.abspath(a.file))
+        if not os.path.isdir(d):
+            os.makedirs(d, 0o755)
+        self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        addr, port = parse_peer(a.listen)
+        ls = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind((addr, port))
+        ls.listen(8)
+        emit(ev="listening", addr=a.listen)
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+        threading.Thread(target=self._progress, daemon=True).start()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+        deadline = time.monotonic() + a.deadline if a.deadline else None
+        while not self.complete.wait(0.5):
+            idle = time.monotonic() - self.last_data
+            if self.t0 is not None and idle > a.idle_timeout:
+                self._fail("no data from any upstream for %ds" % a.idle_timeout)
+                break
+            if deadline and time.monotonic() > deadline:
+                self._fail("deadline of %ds passed" % a.deadline)
+                break
+        if self.ok:
+            if self.sender:
+                self.sender.join()
+            self._send_upstream({"done": True})
+            time.sleep(0.2)
+        emit(ev="done", ok=bool(self.ok), bytes=self.image.have, sha256=self.image.hash.hexdigest(),
+             seconds=round(time.monotonic() - (self.t0 or time.monotonic()), 3),
+             forwarded_to=(self.sender.sent_to if self.sender else []),
+             dead=(self.sender.dead if self.sender else []), error=self.image.failed)
+        return 0 if self.ok else 1
+
+    def _fail(self, reason):
+        with self.image.cv:
+            self.image.failed = reason
+            self.image.cv.notify_all()
+        self.ok = False
+        with contextlib.suppress(OSError):
+            os.unlink(self.part)
+        self.complete.set()
+
+    def _accept(self, ls):
+        while True:
+            conn, _ = ls.accept()
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _send_upstream(self, msg):
+        with self.lock:
+            up = self.upstream
+        if up is None:
+            return
+        with self.slock:
+            if self.hb_ok is not up:  # the offset reply goes first
+                return
+            with contextlib.suppress(OSError):
+                up.sendall((json.dumps(msg) + "\n").encode())
+
+    def _heartbeat(self):
+        while True:  # until exit: the upstream waits for our chain's "done"
+            self._send_upstream({"hb": self.image.have})
+            time.sleep(1.0)
+
+    def _progress(self):
+        while not self.complete.is_set():
+            emit(ev="progress", bytes=self.image.have)
+            time.sleep(self.args.interval)
+
+    def _handle(self, conn):
+        conn.settimeout(self.args.timeout)
+        try:
+            f = conn.makefile("rb")
+            hdr = json.loads(f.readline(65536) or b"{}")
+            if (int(hdr.get("size", -1)) != self.image.size
+                    or hdr.get("sha256") != self.image.sha256):
+                conn.sendall(b'{"error": "image mismatch"}\n')
+                conn.close()
+                return
+        except (OSError, ValueError):
+            conn.close()
+            return
+        with self.lock:
+            old, self.upstream = self.upstream, conn
+        if old is not None:
+            try:
+                old.sendall(b'{"superseded": true}\n')
+                old.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self.wlock:  # the old upstream's writer has stopped once we hold this
+            if self.upstream is not conn:
+                return
+            if self.sender is None and not self.complete.is_set():
+                self.t0 = time.monotonic()
+                self.sender = Sender(self.image, hdr.get("chain") or [], self.args.timeout,
+                                     self.args.rate, self.args.sndbuf, me=self.args.listen)
+                self.sender.start()
+            try:
+                conn.settimeout(None)  # a silent upstream is superseded, not timed out
+                with self.slock:
+                    conn.sendall((json.dumps({"offset": self.image.have}) + "\n").encode())
+                    self.hb_ok = conn
+                self._receive(conn, f)
+            except OSError:
+                pass  # the upstream died: wait for a re-routed one
+
+    def _receive(self, conn, f):
+        buf = bytearray(CHUNK)
+        mv = memoryview(buf)
+        img = self.image
+        while img.have < img.size and not self.complete.is_set():
+            want = min(CHUNK, img.size - img.have)
+            try:
+                n = f.readinto(mv[:want])
+            except OSError:
+                return
+            if not n:
+                return
+            data = mv[:n]
+            off = 0
+            while off < n:
+                off += os.write(self.fd, data[off:])
+            img.hash.update(data)
+            with img.cv:
+                img.have += n
+                img.cv.notify_all()
+            self.last_data = time.monotonic()
+        if img.have >= img.size and not self.complete.is_set():
+            self._finish()
+
+    def _finish(self):
+        os.fsync(self.fd)
+        os.close(self.fd)
+        digest = self.image.hash.hexdigest()
+        if digest == self.image.sha256:
+            os.rename(self.part, self.args.file)
+            self.image.path = self.args.file  # the sender's open file stays valid
+            self.ok = True
+            emit(ev="verified", ok=True, bytes=self.image.have, sha256=digest,
+                 seconds=round(time.monotonic() - self.t0, 3))
+        else:
+            self.image.failed = "sha256 mismatch: got %s, expected %s" % (digest,
+                                                                          self.image.sha256)
+            with contextlib.suppress(OSError):
+                os.unlink(self.part)
+            self.ok = False
+        self.complete.set()
+
+
+def cmd_relay(args):
+    return Relay(args).serve()
+
+
+def cmd_source(args):
+    image = Image(args.file, args.size, args.sha256, complete=True)
+    chain = [c for c in args.chain.split(",") if c]
+    t0 = time.monotonic()
+    sender = Sender(image, chain, args.timeout, args.rate, args.sndbuf, me="source")
+    sender.start()
+    sender.join()
+    ok = bool(sender.sent_to)
+    emit(ev="done", ok=ok, bytes=args.size, seconds=round(time.monotonic() - t0, 3),
+         forwarded_to=sender.sent_to, dead=sender.dead)
+    return 0 if ok else 1
+
+
+def _hash_growing(path, size, sha256, interval, idle_timeout, progress):
+    """Hash a file while something else (scp, aria2c in order) writes it; return digest."""
+    h = hashlib.sha256()
+    done = 0
+    last_change = time.monotonic()
+    last_emit = 0.0
+    fh = None
+    try:
+        while done < size:
+            if fh is None:
+                try:
+                    fh = open(path, "rb")  # noqa: SIM115 - closed in finally
+                except OSError:
+                    fh = None
+            if fh is not None:
+                try:
+                    cur = os.fstat(fh.fileno()).st_size
+                    if os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino:
+                        raise OSError("replaced")
+                except OSError:
+                    fh.close()
+                    fh, h, done = None, hashlib.sha256(), 0
+                    continue
+                if cur < done:  # truncated and rewritten: start over
+                    fh.seek(0)
+                    h, done = hashlib.sha256(), 0
+                while done < min(cur, size):
+                    b = fh.read(min(CHUNK * 4, min(cur, size) - done))
+                    if not b:
+                        break
+                    h.update(b)
+                    done += len(b)
+                    last_change = time.monotonic()
+            now = time.monotonic()
+            if progress and now - last_emit >= interval:
+                emit(ev="progress", bytes=done)
+                last_emit = now
+            if done >= size:
+                break
+            if now - last_change > idle_timeout:
+                raise IOError("no new bytes for %ds" % idle_timeout)
+            time.sleep(0.05)
+    finally:
+        if fh is not None:
+            fh.close()
+    return h.hexdigest()
+
+
+def cmd_watch(args):
+    """scp writes F.part; hash it as it grows, then verify and rename to F."""
+    part = args.file + ".part"
+    d = os.path.dirname(os.path.abspath(args.file))
+    if not os.path.isdir(d):
+        os.makedirs(d, 0o755)
+    emit(ev="listening")
+    t0 = time.monotonic()
+    try:
+        digest = _hash_growing(part, args.size, args.sha256, args.interval, args.idle_timeout,
+                               True)
+    except IOError as exc:
+        emit(ev="done", ok=False, bytes=0, error=str(exc), seconds=round(time.monotonic() - t0, 3))
+        return 1
+    ok = digest == args.sha256
+    if ok:
+        os.rename(part, args.file)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+    emit(ev="progress", bytes=args.size)
+    emit(ev="done", ok=ok, bytes=args.size, sha256=digest, seconds=round(time.monotonic() - t0, 3),
+         error=None if ok else "sha256 mismatch: got %s, expected %s" % (digest, args.sha256))
+    return 0 if ok else 1
+
+
+_PROGRESS = re.compile(r"\[#\w+\s+(?:SEED\([^)]*\)|([\d.]+)([KMGT]?i?B)/([\d.]+)([KMGT]?i?B))")
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+
+
+def aria2c_argv(torrent, directory, extra=()):
+    """aria2c as a BitTorrent peer: no DHT, no LPD, no peer exchange, seed until stopped."""
+    return [
+        "aria2c", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false", "--seed-ratio=0.0", "--check-integrity=true",
+        "--bt-hash-check-seed=true", "--file-allocation=none", "--allow-overwrite=true",
+        "--summary-interval=1", "--console-log-level=warn", "--show-console-readout=false",
+        "--bt-max-peers=55", "--bt-request-peer-speed-limit=100M", "--max-upload-limit=0",
+        "--dir=" + directory, *extra, torrent,
+    ]
+
+
+def cmd_torrent(args):
+    """Run aria2c; report progress; once the file is complete, verify sha256 and keep seeding
+    until stdin closes (the control plane ends the run)."""
+    directory = os.path.dirname(os.path.abspath(args.file))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+    torrent = args.torrent
+    if args.torrent_hex:
+        torrent = os.path.join(directory, os.path.basename(args.file) + ".torrent")
+        with open(torrent, "wb") as fh:
+            fh.write(bytes.fromhex(args.torrent_hex))
+    extra = []
+    if args.listen_port:
+        extra.append("--listen-port=%d" % args.listen_port)
+    proc = subprocess.Popen(aria2c_argv(torrent, directory, extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    emit(ev="listening")
+    t0 = time.monotonic()
+    state = {"done": False}
+
+    def watch_stdin():
+        try:
+            sys.stdin.read()
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    result = None
+    for raw in proc.stdout:
+        line = raw.decode("utf-8", "replace")
+        m = _PROGRESS.search(line)
+        if not m or state["done"]:
+            continue
+        if m.group(1) is None:  # SEED(...): complete
+            got = args.size
+        else:
+            got = int(float(m.group(1)) * _UNITS.get(m.group(2), 1))
+            total = int(float(m.group(3)) * _UNITS.get(m.group(4), 1))
+            if total and got >= total:
+                got = args.size
+        emit(ev="progress", bytes=min(got, args.size) if got < args.size else args.size)
+        if got >= args.size:
+            state["done"] = True
+            digest = _hash_growing(args.file, args.size, args.sha256, 1.0, 30, False)
+            ok = digest == args.sha256
+            result = ok
+            if not ok:
+                with contextlib.suppress(OSError):
+                    os.unlink(args.file)
+            emit(ev="done", ok=ok, bytes=args.size, sha256=digest,
+                 seconds=round(time.monotonic() - t0, 3),
+                 error=None if ok else "sha256 mismatch: got %s, expected %s"
+                 % (digest, args.sha256))
+    rc = proc.wait()
+    if result is None:
+        emit(ev="done", ok=False, bytes=0, seconds=round(time.monotonic() - t0, 3),
+             error="aria2c exited (rc=%d) before the download completed" % rc)
+        return 1
+    return 0 if result else 1
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="chain.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+
+    def common(sp):
+        sp.add_argument("--file", required=True)
+        sp.add_argument("--size", type=int, required=True)
+        sp.add_argument("--sha256", required=True)
+        sp.add_argument("--interval", type=float, default=0.5, help="progress every S seconds")
+        sp.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds of silence after which a peer counts as dead")
+        sp.add_argument("--idle-timeout", type=float, default=120.0)
+        sp.add_argument("--deadline", type=float, default=0)
+        sp.add_argument("--rate", type=float, default=0, help="send at most B bytes/s")
+        sp.add_argument("--sndbuf", type=int, default=0, help="SO_SNDBUF of sending sockets")
+
+    r = sub.add_parser("relay")
+    common(r)
+    r.add_argument("--listen", required=True)
+    r.set_defaults(func=cmd_relay)
+    s = sub.add_parser("source")
+    common(s)
+    s.add_argument("--chain", required=True)
+    s.set_defaults(func=cmd_source)
+    w = sub.add_parser("watch")
+    common(w)
+    w.set_defaults(func=cmd_watch)
+    t = sub.add_parser("torrent")
+    common(t)
+    t.add_argument("--torrent", help="the .torrent file")
+    t.add_argument("--torrent-hex", help="the .torrent file's bytes, hex-encoded")
+    t.add_argument("--listen-port", type=int, default=0)
+    t.set_defaults(func=cmd_torrent)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (OSError, ValueError) as exc:
+        emit(ev="error", msg="%s: %s" % (type(exc).__name__, exc))
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
