@@ -106,7 +106,13 @@ class Template:
         return elem
 
 
+_PLAIN_RE = re.compile(r"[A-Za-z0-9_.:/+-]+")
+
+
 def quote(value: str) -> str:
+    """A value as the template language writes it: plain tokens bare, the rest quoted."""
+    if _PLAIN_RE.fullmatch(value):
+        return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
