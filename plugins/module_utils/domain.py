@@ -443,7 +443,8 @@ def _state_name(dom):
 
 def ensure(conn, name, wanted, state, check_mode=False, uuid_given=False,
            restart_on_change=False, shutdown_timeout=60, storage_dir=None,
-           remove_storage_files=True, extra_paths=(), return_xml=False):
+           remove_storage_files=True, extra_paths=(), return_xml=False,
+           remove_console_log=False, console_log=None):
     """Bring domain ``name`` to ``state`` (defined, running, stopped, absent).
 
     ``wanted`` is make_spec()'s dict, or None to leave an existing definition alone.
@@ -470,6 +471,10 @@ def ensure(conn, name, wanted, state, check_mode=False, uuid_given=False,
             for p in extra_paths:
                 if p and p not in paths:
                     paths.extend(managed_files({"context": p}, storage_dir))
+            if remove_console_log:
+                for log in ((before or {}).get("console_log"), console_log):
+                    if log and log not in paths:
+                        paths.extend(managed_files({"context": log}, storage_dir))
             removed = remove_storage(paths, check_mode)
         if removed:
             result["changed"] = True

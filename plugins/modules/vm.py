@@ -115,6 +115,10 @@ options:
     description: With C(absent), remove the domain's disk and context files under I(storage_dir).
     type: bool
     default: true
+  remove_console_log:
+    description: With C(absent), also remove the console log if it lies under I(storage_dir).
+    type: bool
+    default: false
   shutdown_timeout:
     description: Seconds to wait for a graceful shutdown before forcing the domain off.
     type: int
@@ -249,6 +253,7 @@ def main():
             console_log=dict(type="path"),
             storage_dir=dict(type="path", default="/var/lib/lxcloud/disks"),
             remove_storage=dict(type="bool", default=True),
+            remove_console_log=dict(type="bool", default=False),
             shutdown_timeout=dict(type="int", default=60),
             restart_on_change=dict(type="bool", default=False),
             return_xml=dict(type="bool", default=False),
@@ -265,9 +270,9 @@ def main():
     conn = None
     try:
         wanted = None
+        console_log = p["console_log"] or os.path.join(
+            p["storage_dir"], "%s.console.log" % D.validate_name(p["name"], "vm name"))
         if p["disk"] and p["state"] != "absent":
-            console_log = p["console_log"] or os.path.join(
-                p["storage_dir"], "%s.console.log" % D.validate_name(p["name"], "vm name"))
             wanted = D.make_spec(
                 name=p["name"], disk=p["disk"], disk_format=p["disk_format"], vcpus=p["vcpus"],
                 memory_mb=p["memory_mb"], virt_type=p["virt_type"], uuid=p["uuid"],
@@ -275,8 +280,6 @@ def main():
                 cmdline=p["cmdline"], mac=p["mac"], bridge=p["bridge"], network=p["network"],
                 user_subnet=p["user_subnet"], console_log=console_log,
             )
-        else:
-            D.validate_name(p["name"], "vm name")
         conn = D.connect(p["uri"])
         result = D.ensure(
             conn, p["name"], wanted, p["state"], check_mode=module.check_mode,
@@ -284,6 +287,7 @@ def main():
             shutdown_timeout=p["shutdown_timeout"], storage_dir=p["storage_dir"],
             remove_storage_files=p["remove_storage"],
             extra_paths=[p["disk"], p["context"]], return_xml=p["return_xml"],
+            remove_console_log=p["remove_console_log"], console_log=console_log,
         )
     except InvalidName as e:
         module.fail_json(msg=str(e), item=e.what)
