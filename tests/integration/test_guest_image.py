@@ -89,13 +89,16 @@ class FakeOneAPI:
         self.calls: list[tuple[object, ...]] = []
         self.replies = replies
         self.server = SimpleXMLRPCServer(
-            ("127.0.0.1", 0), requestHandler=SimpleXMLRPCRequestHandler, logRequests=False,
+            ("127.0.0.1", 0),
+            requestHandler=SimpleXMLRPCRequestHandler,
+            logRequests=False,
             allow_none=False,
         )
         self.server.register_function(self._action, "one.vm.action")
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def _action(self, session: str, action: str, vm_id: int) -> list[object]:
@@ -184,16 +187,38 @@ def test_guest_boots_with_context_and_terminates_itself(test_image: Path, conn) 
         # the overlay's backing file is a private copy so libvirt's relabelling never touches
         # the shared cache
         shutil.copy(test_image / "golden.raw", work / "golden.raw")
-        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(work / "golden.raw"),
-              "-F", "raw", str(work / "disk.qcow2")])
-        iso = _context_iso(work, {
-            "NAME": name, "ETH0_IP": GUEST_IP, "ETH0_MASK": "255.255.255.0",
-            "ETH0_GATEWAY": GATEWAY, "ETH0_MAC": mac, "ETH0_DNS": "10.213.7.3",
-            "LIFETIME": "5", "LXCLOUD_API": f"http://{GATEWAY}:{api.port}/RPC2",
-            "VMID": str(vm_id), "LXCLOUD_TOKEN": token, "DRAIN_CHECK_INTERVAL": "1",
-            # a hostile value the guest must carry without breaking (never sourced)
-            "EVIL": "$(poweroff -f)`reboot -f`",
-        })
+        _run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                str(work / "golden.raw"),
+                "-F",
+                "raw",
+                str(work / "disk.qcow2"),
+            ]
+        )
+        iso = _context_iso(
+            work,
+            {
+                "NAME": name,
+                "ETH0_IP": GUEST_IP,
+                "ETH0_MASK": "255.255.255.0",
+                "ETH0_GATEWAY": GATEWAY,
+                "ETH0_MAC": mac,
+                "ETH0_DNS": "10.213.7.3",
+                "LIFETIME": "5",
+                "LXCLOUD_API": f"http://{GATEWAY}:{api.port}/RPC2",
+                "VMID": str(vm_id),
+                "LXCLOUD_TOKEN": token,
+                "DRAIN_CHECK_INTERVAL": "1",
+                # a hostile value the guest must carry without breaking (never sourced)
+                "EVIL": "$(poweroff -f)`reboot -f`",
+            },
+        )
         log = work / "serial.log"
         dom = conn.defineXML(_domain_xml(name, test_image, work, iso, mac))
         t_start = time.monotonic()
