@@ -482,18 +482,39 @@ def lease_of_vm(conn: Connection, vm_id: int) -> dict[str, Any] | None:
 
 
 # Built once: claims run thousands of times per scheduling cycle.
+_FREE = (_L.c.id == bindparam("lid"), _L.c.vm_id.is_(None), _L.c.state == LeaseState.FREE)
 _CLAIM = (
     update(_L)
-    .where(_L.c.id == bindparam("lid"), _L.c.vm_id.is_(None), _L.c.state == LeaseState.FREE)
+    .where(*_FREE)
     .values(vm_id=bindparam("vid"), state=LeaseState.USED, updated=bindparam("t"))
+)
+_CLAIM_AS_SEEN = _CLAIM.where(
+    _L.c.ip == bindparam("seen_ip"),
+    _L.c.mac == bindparam("seen_mac"),
+    _L.c.name == bindparam("seen_name"),
+    _L.c.host == bindparam("seen_host"),
 )
 _HISTORY = insert(schema.history)
 
 
-def claim_lease(conn: Connection, lease_id: int, vm_id: int) -> bool:
-    """Bind a free lease to a VM, atomically: False when someone else got it first."""
+def claim_lease(conn: Connection, lease_id: int, vm_id: int, *, as_seen: Any = None) -> bool:
+    """Bind a free lease to a VM, atomically: False when someone else got it first.
+
+    ``as_seen`` (anything with ``ip``, ``mac``, ``name`` and ``host`` attributes: the lease as
+    the caller read it) makes the claim fail too if a concurrent import changed the lease,
+    e.g. re-pinned it to another host, since the caller read it."""
     t = now()
-    res = conn.execute(_CLAIM, {"lid": lease_id, "vid": vm_id, "t": t})
+    params: dict[str, Any] = {"lid": lease_id, "vid": vm_id, "t": t}
+    stmt = _CLAIM
+    if as_seen is not None:
+        stmt = _CLAIM_AS_SEEN
+        params.update(
+            seen_ip=as_seen.ip,
+            seen_mac=as_seen.mac,
+            seen_name=as_seen.name,
+            seen_host=as_seen.host,
+        )
+    res = conn.execute(stmt, params)
     if res.rowcount != 1:
         return False
     conn.execute(

@@ -109,6 +109,7 @@ class Scheduler:
             select(_H.c.state, _H.c.cpu, _H.c.memory_mb, _H.c.max_dispatch).where(_H.c.id == hid)
         )
         self._host_usage = usage_query().where(_V.c.host_id == hid)
+        self._host_macs = select(schema.host_macs.c.mac).where(schema.host_macs.c.host_id == hid)
         self._bind_vm = (
             update(_V)
             .where(_V.c.id == bindparam("vid"), _V.c.state == VMState.PENDING)
@@ -354,11 +355,17 @@ class Scheduler:
             if still is None:
                 raise _VMTaken()
             return req.held_lease
+        # The host's allowed MACs, re-read under its lock (registration may have changed them).
+        host.macs = frozenset(m.lower() for (m,) in conn.execute(self._host_macs, {"hid": host.id}))
         while host.free_leases:
             lease = host.free_leases[0]
-            if claim_lease(conn, lease.id, req.vm_id):
+            if host.macs and lease.mac not in host.macs:
+                host.free_leases.pop(0)
+                host.blocked_leases += 1
+                continue
+            if claim_lease(conn, lease.id, req.vm_id, as_seen=lease):
                 return lease
-            # Someone else claimed it: it is gone for this cycle too.
+            # Someone else claimed it, or an import changed it: gone for this cycle.
             host.free_leases.pop(0)
         raise _Lost("no free lease left on the host")
 

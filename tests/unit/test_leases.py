@@ -349,3 +349,12 @@ def test_claim_is_exclusive_and_release_frees(store: Store, tmp_path: Path) -> N
         assert leases.release_lease(conn, a) is None
         assert leases.list_leases(conn, state="used") == []
         assert leases.claim_lease(conn, first, b)
+
+
+def test_format_by_content(store: Store, tmp_path: Path) -> None:
+    y = tmp_path / "leases.txt"
+    y.write_text("# yaml\n- {ip: 10.0.0.1, mac: '52:54:00:00:00:01', name: a.example, host: hv1}\n")
+    c = tmp_path / "leases"
+    c.write_text(HEADER + "10.0.0.2,52:54:00:00:00:02,b.example,hv1\n")
+    assert [r.ip for r in leases.import_leases(store, y).added] == ["10.0.0.1"]
+    assert [r.ip for r in leases.import_leases(store, c, prune=False).added] == ["10.0.0.2"]

@@ -450,3 +450,38 @@ def test_cli_schedule_once(
     assert out[2].split()[:3] == [str(a), "batch-a", "hv1"] and out[2].endswith("placed")
     assert out[3].split()[:2] == [str(b), "batch-b"] and "No free lease" in out[3]
     assert out[-1].startswith("1 placed, 1 unplaced of 2 pending on 1 hosts")
+
+
+@pytest.mark.parametrize("change", ["lease re-pinned", "MACs restricted"])
+def test_lease_or_macs_changed_meanwhile(
+    store: Store, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    with store.transaction() as conn:
+        farm(conn, {"hv1": 1, "hv2": 1})
+        vm = rows.vm(conn, "v")
+
+    def meddle(store, req, host):
+        with store.transaction() as conn:
+            if change == "lease re-pinned":  # an import moved the free lease to another host
+                conn.execute(
+                    update(schema.leases)
+                    .where(schema.leases.c.id == host.free_leases[0].id)
+                    .values(host="hv9")
+                )
+            else:  # the host registered again, allowing other MACs only
+                conn.execute(
+                    schema.host_macs.insert().values(host_id=host.id, mac="52:54:00:ff:ff:ff")
+                )
+        meddled.append(host.name)
+
+    meddled: list[str] = []
+    _before_first_claim(monkeypatch, meddle)
+    result = place(store)
+    (p,) = result.placements
+    assert p.host != meddled[0] and result.conflicts == 1
+    with store.transaction() as conn:
+        lease = rows.lease_of(conn, vm)
+        host_name = conn.execute(
+            select(schema.hosts.c.name).where(schema.hosts.c.id == rows.vm_row(conn, vm).host_id)
+        ).scalar_one()
+    assert lease.host == host_name == p.host
