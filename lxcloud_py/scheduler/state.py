@@ -25,6 +25,9 @@ from lxcloud_py.store import schema
 _H, _V, _L = schema.hosts, schema.vms, schema.leases
 _I, _HI, _M = schema.images, schema.host_images, schema.host_macs
 DISPATCHING_LCM = (LCMState.PROLOG, LCMState.BOOT)
+#: Live VMs that occupy their host. A PENDING VM is not placed yet, even if it still names
+#: the host it ran on before a resubmit: it must not count against that host twice.
+PLACED_VM_STATES = tuple(s for s in LIVE_VM_STATES if s != VMState.PENDING)
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class Request:
 
 
 def usage_query() -> Any:
-    """Per-host sums over live VMs: (host_id, cpu, memory_mb, vms, dispatching)."""
+    """Per-host sums over placed live VMs: (host_id, cpu, memory_mb, vms, dispatching)."""
     dispatching = func.sum(
         case(
             (and_(_V.c.state == VMState.ACTIVE, _V.c.lcm_state.in_(DISPATCHING_LCM)), 1),
@@ -107,7 +110,7 @@ def usage_query() -> Any:
             func.count(),
             dispatching,
         )
-        .where(_V.c.host_id.is_not(None), _V.c.state.in_(LIVE_VM_STATES))
+        .where(_V.c.host_id.is_not(None), _V.c.state.in_(PLACED_VM_STATES))
         .group_by(_V.c.host_id)
     )
 

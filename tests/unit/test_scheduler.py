@@ -294,8 +294,13 @@ def test_dispatch_limit(store: Store) -> None:
 
 def test_resubmitted_vm_keeps_its_lease_and_host(store: Store) -> None:
     with store.transaction() as conn:
-        farm(conn, {"hv1": 3, "hv2": 1})
-        vm = rows.vm(conn, "again")
+        ids = farm(conn, {"hv1": 3})
+        ids["hv2"] = rows.host(conn, "hv2", cpu=1)
+        rows.stage(conn, ids["hv2"], 1)
+        rows.lease(conn, 1, "hv2")
+        # Back to PENDING after a failed boot: it still holds its lease and names its host,
+        # which has room for exactly this VM (it must not count against it twice).
+        vm = rows.vm(conn, "again", cpu=1, host_id=ids["hv2"])
         lid = conn.execute(
             select(schema.leases.c.id).where(schema.leases.c.host == "hv2")
         ).scalar_one()
