@@ -47,11 +47,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
 DEFAULT_NET = "10.213.0.0/24"
-BRIDGE = "lxbr0"
-PREFIX = "lxh"
+DEFAULT_BRIDGE = "lxbr0"
+DEFAULT_PREFIX = "lxh"
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+BRIDGE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,14}$")
 API_PORT = 2633
 SSHD = "/usr/sbin/sshd"
-HOST_RE = re.compile(r"^lxh([1-9][0-9]{0,2})$")
 RATE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)$")
 RATE_FACTORS = {
     "bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12,
@@ -158,6 +159,7 @@ class Host:
     name: str
     ip: str
     dir: Path
+    tag: int = 0
 
     @property
     def veth(self) -> str:
@@ -166,7 +168,7 @@ class Host:
 
     @property
     def mac(self) -> str:
-        return f"02:4c:58:00:{self.index // 256:02x}:{self.index % 256:02x}"
+        return f"02:4c:58:{self.tag:02x}:{self.index // 256:02x}:{self.index % 256:02x}"
 
     def path(self, sub: str) -> Path:
         return self.dir / sub
@@ -189,29 +191,42 @@ class Host:
 
 
 class Testbed:
-    def __init__(self, directory: Path | None = None, net: str | None = None) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
         self.dir = Path(
             directory or os.environ.get("LXCLOUD_TESTBED_DIR") or REPO / ".testbed"
         ).absolute()
-        state = self.load_state()
-        want_net = net or os.environ.get("LXCLOUD_TESTBED_NET") or DEFAULT_NET
-        if state and state.get("net") and state["net"] != str(ipaddress.ip_network(want_net)):
-            if net or os.environ.get("LXCLOUD_TESTBED_NET"):
-                raise TestbedError(
-                    f"the testbed in {self.dir} is up on {state['net']}, not {want_net}: "
-                    "run testbed/down first"
-                )
-            want_net = state["net"]
+        self.state = self.load_state()
+        want_net = self._setting("net", "LXCLOUD_TESTBED_NET", DEFAULT_NET)
         try:
             self.net = ipaddress.ip_network(want_net)
         except ValueError as exc:
             raise TestbedError(f"bad LXCLOUD_TESTBED_NET {want_net!r}: {exc}") from exc
         if self.net.version != 4 or self.net.prefixlen > 24:
             raise TestbedError(f"LXCLOUD_TESTBED_NET must be an IPv4 /24 or larger: {want_net}")
-        self.bridge = BRIDGE
+        # A second, independent testbed (the testbed's own tests use one) needs other names.
+        self.prefix = self._setting("prefix", "LXCLOUD_TESTBED_PREFIX", DEFAULT_PREFIX)
+        if not PREFIX_RE.match(self.prefix):
+            raise TestbedError(f"bad host name prefix {self.prefix!r}: want [a-z][a-z0-9]{{0,7}}")
+        self.bridge = self._setting("bridge", "LXCLOUD_TESTBED_BRIDGE", DEFAULT_BRIDGE)
+        if not BRIDGE_RE.match(self.bridge):
+            raise TestbedError(f"bad bridge name {self.bridge!r}")
+        self.host_re = re.compile(rf"^{self.prefix}([1-9][0-9]{{0,2}})$")
         self.bridge_ip = str(self.net[1])
-        self.state = state or {}
         self._check_dir()
+
+    def _setting(self, key: str, env: str, default: str) -> str:
+        """Environment, else the running testbed's value, else the default; no mixing."""
+        given = os.environ.get(env)
+        have = self.state.get(key) if self.state.get("hosts") else None
+        if key == "net" and given:
+            with contextlib.suppress(ValueError):  # reported by the caller
+                given = str(ipaddress.ip_network(given))
+        if given and have and given != have:
+            raise TestbedError(
+                f"the testbed in {self.dir} runs with {key}={have}, not {env}={given}: "
+                "run testbed/down first"
+            )
+        return given or have or default
 
     # -- layout -----------------------------------------------------------------------------
     def _check_dir(self) -> None:
@@ -230,8 +245,9 @@ class Testbed:
     def host(self, i: int) -> Host:
         if not 1 <= i <= self.max_hosts:
             raise TestbedError(f"host index {i} out of range 1..{self.max_hosts} for {self.net}")
-        name = f"{PREFIX}{i}"
-        return Host(i, name, str(self.net[10 + i]), self.dir / "hosts" / name)
+        name = f"{self.prefix}{i}"
+        tag = 0 if self.prefix == DEFAULT_PREFIX else sum(self.prefix.encode()) % 256
+        return Host(i, name, str(self.net[10 + i]), self.dir / "hosts" / name, tag)
 
     def hosts(self) -> list[Host]:
         return [self.host(i) for i in self.state.get("hosts", [])]
@@ -260,6 +276,7 @@ class Testbed:
 
     def save_state(self) -> None:
         self.state["net"] = str(self.net)
+        self.state["prefix"] = self.prefix
         self.state["bridge"] = self.bridge
         self.state["bridge_ip"] = self.bridge_ip
         self.state["dir"] = str(self.dir)
@@ -308,12 +325,15 @@ class Testbed:
             for h in hosts:
                 self._wait_sshd(h)
             template = self._caps_template()
+            if not any(template.glob("*.xml")):
+                # The first host probes qemu once; every other host starts from its result.
+                self._ensure_libvirtd(hosts[0], seed=template)
+                self._wait_libvirtd(hosts[0])
+                self._warm_caps(hosts[0], template)
             for h in hosts:
                 self._ensure_libvirtd(h, seed=template)
             for h in hosts:
                 self._wait_libvirtd(h)
-            if not any(template.glob("*.xml")):
-                self._warm_caps(hosts[0], template)
             self._apply_rate(hosts, self.state.get("rate"))
             self.save_state()
         log(
@@ -419,13 +439,13 @@ class Testbed:
     def _ensure_link(self, h: Host) -> None:
         if not Path(f"/run/netns/{h.name}").exists():
             run(["ip", "netns", "add", h.name])
+        ns = ["ip", "-n", h.name]
         if run(["ip", "link", "show", h.veth], check=False).returncode != 0:
             run(["ip", "link", "add", h.veth, "type", "veth", "peer", "name", "eth0",
                  "netns", h.name])
+            run([*ns, "link", "set", "eth0", "address", h.mac])  # only on creation
         run(["ip", "link", "set", h.veth, "master", self.bridge, "up"])
-        ns = ["ip", "-n", h.name]
         run([*ns, "link", "set", "lo", "up"])
-        run([*ns, "link", "set", "eth0", "address", h.mac])
         cidr = f"{h.ip}/{self.net.prefixlen}"
         if f" {cidr} " not in run([*ns, "-o", "-4", "addr", "show", "dev", "eth0"]).stdout:
             run([*ns, "addr", "add", cidr, "dev", "eth0"])
@@ -513,7 +533,7 @@ class Testbed:
         raise TestbedError(f"{h.name}: libvirtd socket did not appear within {timeout}s")
 
     def _warm_caps(self, h: Host, template: Path) -> None:
-        log(f"{h.name}: first libvirt call probes qemu once (~15 s), later hosts reuse it")
+        log(f"{h.name}: probing qemu once for the libvirt capabilities cache")
         sshd = self.sshd_pid(h)
         run(["nsenter", "-t", str(sshd), "-m", "-u", "-n", "--", "virsh", "-q", "-c",
              "qemu:///system", "domcapabilities", "--virttype", "qemu"], env=CLEAN_ENV, cwd="/")
@@ -530,7 +550,7 @@ class Testbed:
             for h in hosts
         )
         atomic_write(d / "known_hosts", known)
-        pats = " ".join(sorted({f"{PREFIX}*", *[h.ip for h in hosts]}))
+        pats = " ".join(sorted({f"{self.prefix}*", *[h.ip for h in hosts]}))
         cfg = [f"# lxcloud testbed (generated by testbed/up): ssh -F {self.ssh_config} lxh1", ""]
         for h in hosts:
             cfg += [f"Host {h.name}", f"  HostName {h.ip}", ""]
@@ -637,22 +657,20 @@ class Testbed:
 
     # -- down -------------------------------------------------------------------------------
     def known_hosts_everywhere(self) -> list[Host]:
-        """Hosts in the state, plus any lxhN namespace, veth or directory left behind."""
+        """Hosts in the state, plus any PREFIX<N> namespace, veth or host dir left behind."""
         idx = set(self.state.get("hosts", []))
-        for name in list_netns():
-            m = HOST_RE.match(name)
-            if m:
-                idx.add(int(m.group(1)))
+        names = list_netns()
         for line in run(["ip", "-o", "link", "show"]).stdout.splitlines():
-            m = re.match(r"^\d+: tb-(lxh\d+)[@:]", line)
-            if m and HOST_RE.match(m.group(1)):
-                idx.add(int(HOST_RE.match(m.group(1)).group(1)))  # type: ignore[union-attr]
+            m = re.match(r"^\d+: tb-([a-z0-9]+)[@:]", line)
+            if m:
+                names.append(m.group(1))
         hd = self.dir / "hosts"
         if hd.is_dir():
-            for p in hd.iterdir():
-                m = HOST_RE.match(p.name)
-                if m:
-                    idx.add(int(m.group(1)))
+            names += [p.name for p in hd.iterdir()]
+        for name in names:
+            m = self.host_re.match(name)
+            if m:
+                idx.add(int(m.group(1)))
         return [self.host(i) for i in sorted(idx) if 1 <= i <= self.max_hosts]
 
     def down(self, purge: bool = False) -> None:
@@ -925,7 +943,7 @@ def _libc_call(fn: str, *args: object) -> None:
 
 
 def host_init(tb: Testbed, name: str) -> None:
-    m = HOST_RE.match(name)
+    m = tb.host_re.match(name)
     if not m:
         raise TestbedError(f"bad host name {name!r}")
     h = tb.host(int(m.group(1)))
