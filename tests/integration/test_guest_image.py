@@ -13,6 +13,8 @@ the end unless other people's domains are running on them.
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -85,11 +87,11 @@ class FakeOneAPI:
     ``[success, body, error_code]``.
     """
 
-    def __init__(self, replies: list[list[object]]) -> None:
+    def __init__(self, replies: list[list[object]], host: str = "127.0.0.1") -> None:
         self.calls: list[tuple[object, ...]] = []
         self.replies = replies
         self.server = SimpleXMLRPCServer(
-            ("127.0.0.1", 0),
+            (host, 0),
             requestHandler=SimpleXMLRPCRequestHandler,
             logRequests=False,
             allow_none=False,
@@ -258,3 +260,92 @@ def test_guest_boots_with_context_and_terminates_itself(test_image: Path, conn) 
             finally:
                 dom.undefine()
         shutil.rmtree(work, ignore_errors=True)
+
+
+TESTBED = REPO / "testbed"
+TESTBED_STATE = REPO / ".testbed" / "state.json"
+BRIDGE_IP = "10.213.0.1"
+
+
+def _testbed_has_hosts() -> bool:
+    try:
+        return bool(json.loads(TESTBED_STATE.read_text()).get("hosts"))
+    except (OSError, ValueError):
+        return False
+
+
+def _virsh(host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TESTBED / "ssh"), host, "virsh", "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+    )
+
+
+@pytest.mark.testbed
+def test_guest_on_testbed_host_calls_the_api_on_the_bridge(test_image: Path) -> None:
+    """The networking convention of docs/context.md on a real testbed host: the guest runs under
+    lxh1's own libvirtd (in lxh1's namespaces) with slirp subnet 10.213.7.0/24, and reaches the
+    API on the testbed bridge (10.213.0.1, outside the slirp subnet) through slirp's NAT and
+    lxh1's veth."""
+    if os.geteuid() != 0 or not (TESTBED / "up").exists():
+        pytest.skip("the testbed needs root and testbed/up")
+    created = not _testbed_has_hosts()
+    _run([str(TESTBED / "up"), "1"], timeout=300)  # re-runnable; never removes hosts
+    api = FakeOneAPI([[True, 0, 0]], host=BRIDGE_IP)
+    # the host's /tmp is private to its mount namespace: use the shared repository cache
+    work = Path(tempfile.mkdtemp(prefix="lxtest-guest-tb-", dir=REPO / ".cache"))
+    work.chmod(0o755)
+    name = f"{DOMAIN_PREFIX}tb-{uuid.uuid4().hex[:8]}"
+    vm_id = 5000 + secrets.randbelow(1000)
+    token = secrets.token_urlsafe(24)
+    mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+    defined = False
+    try:
+        for f in ("vmlinuz", "initrd.img", "golden.raw"):
+            shutil.copy(test_image / f, work / f)
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(work / "golden.raw"),
+              "-F", "raw", str(work / "disk.qcow2")])  # fmt: skip
+        iso = _context_iso(
+            work,
+            {
+                "NAME": name,
+                "ETH0_IP": GUEST_IP,
+                "ETH0_MASK": "255.255.255.0",
+                "ETH0_GATEWAY": GATEWAY,
+                "ETH0_MAC": mac,
+                "LIFETIME": "3",
+                "LXCLOUD_API": f"http://{BRIDGE_IP}:{api.port}/RPC2",
+                "VMID": str(vm_id),
+                "LXCLOUD_TOKEN": token,
+                "DRAIN_CHECK_INTERVAL": "1",
+            },
+        )
+        (work / "domain.xml").write_text(_domain_xml(name, test_image, work, iso, mac))
+        _virsh("lxh1", "define", str(work / "domain.xml"))
+        defined = True
+        t0 = time.monotonic()
+        _virsh("lxh1", "start", name)
+        log = work / "serial.log"
+        marker = f"LXCLOUD-BOOTED name={name} ip={GUEST_IP} mac={mac} vmid={vm_id}"
+        _wait_for(lambda: log.exists() and marker in log.read_text(errors="replace"), 120,
+                  "the boot marker", log)  # fmt: skip
+        print(f"boot-to-marker on testbed host lxh1: {time.monotonic() - t0:.2f} s")
+        _wait_for(lambda: bool(api.calls), 120, "the callback on the bridge address", log)
+        assert [c[:3] for c in api.calls] == [(f"vm-{vm_id}:{token}", "terminate", vm_id)]
+
+        def shut_off() -> bool:
+            return _virsh("lxh1", "domstate", name, check=False).stdout.strip() == "shut off"
+
+        _wait_for(shut_off, 60, "the domain to shut off", log)
+        print(f"start-to-shutoff on lxh1 (LIFETIME=3): {time.monotonic() - t0:.2f} s")
+    finally:
+        api.close()
+        if defined:
+            _virsh("lxh1", "destroy", name, check=False)
+            _virsh("lxh1", "undefine", name, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+        if created:
+            subprocess.run([str(TESTBED / "down")], capture_output=True, timeout=300, check=False)
