@@ -24,6 +24,13 @@ import subprocess
 import tempfile
 import time
 
+from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import (
+    DEFAULT_CONFIG,
+    ApiClient,
+    ApiConfigError,
+    ApiError,
+    resolve_credentials,
+)
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     validate_abs_path,
     validate_name,
@@ -171,22 +178,13 @@ def xmlrpc_size(n):
     return n if n < 2**31 else float(n)
 
 
-def register(api_url, session, meta, timeout=30):
+def register(api_url, session, meta, config=None, timeout=30):
     """``lxcloud.image.register`` the captured image; returns the image id."""
-    import socket
-    import xmlrpc.client
-
-    proxy = xmlrpc.client.ServerProxy(api_url)
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)
     try:
-        reply = proxy.lxcloud.image.register(session, meta["name"], meta["version"],
-                                             meta["sha256"], xmlrpc_size(meta["size"]),
-                                             meta["format"], meta["compression"])
-    except (OSError, xmlrpc.client.Error) as exc:
-        raise StagingError("registering with %s failed: %s" % (api_url, exc)) from None
-    finally:
-        socket.setdefaulttimeout(old)
-    if not reply or not reply[0]:
-        raise StagingError("control plane refused the image: %s" % (reply[1:] if reply else reply,))
-    return reply[1]
+        url, sess = resolve_credentials(api_url, session, config or DEFAULT_CONFIG)
+        return ApiClient(url, sess, timeout=timeout).call(
+            "lxcloud.image.register", meta["name"], meta["version"], meta["sha256"],
+            xmlrpc_size(meta["size"]), meta["format"], meta["compression"])
+    except (ApiError, ApiConfigError) as exc:
+        raise StagingError("registering %s %s with the control plane failed: %s"
+                           % (meta["name"], meta["version"], exc)) from None

@@ -35,14 +35,18 @@ import subprocess
 import tempfile
 import time
 
-try:
-    from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
-        InvalidName,
-        validate_abs_path,
-        validate_name,
-    )
-except ImportError:  # pragma: no cover - running as a plain script next to names.py
-    from names import InvalidName, validate_abs_path, validate_name  # type: ignore
+from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import (
+    DEFAULT_CONFIG,
+    ApiClient,
+    ApiConfigError,
+    ApiError,
+    resolve_credentials,
+)
+from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
+    InvalidName,
+    validate_abs_path,
+    validate_name,
+)
 
 CHUNK = 1 << 20
 COMPRESSIONS = ("zstd", "gzip", "none")
@@ -442,20 +446,13 @@ def _stage_lvm(plan, stream, run):
     return _meta(plan, digest, nbytes, plan.size)
 
 
-def report(api_url, session, host, name, version, sha256, state, timeout=30):
-    """Tell the control plane (``lxcloud.host.image``) what this host holds."""
-    import socket
-    import xmlrpc.client
-
-    proxy = xmlrpc.client.ServerProxy(api_url, allow_none=False)
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)
+def report(api_url, session, host, name, version, sha256, state, config=None, timeout=30):
+    """Tell the control plane (``lxcloud.host.image``) what this host holds.  Missing URL or
+    session come from the credentials file (``/etc/lxcloud/api.conf``)."""
     try:
-        reply = proxy.lxcloud.host.image(session, host, name, version, sha256, state)
-    except (OSError, xmlrpc.client.Error) as exc:
-        raise ReportError("reporting to %s failed: %s" % (api_url, exc)) from None
-    finally:
-        socket.setdefaulttimeout(old)
-    if not reply or not reply[0]:
-        raise ReportError("control plane refused the report: %s" % (reply[1:] if reply else reply,))
-    return reply[1]
+        url, sess = resolve_credentials(api_url, session, config or DEFAULT_CONFIG)
+        client = ApiClient(url, sess, timeout=timeout)
+        return client.call("lxcloud.host.image", host, name, version, sha256, state)
+    except (ApiError, ApiConfigError) as exc:
+        raise ReportError("reporting %s %s (%s) to the control plane failed: %s"
+                          % (name, version, state, exc)) from None

@@ -79,15 +79,25 @@ options:
     description: Remove the O(src) file after a successful install (local paths only).
     type: bool
     default: false
+  report:
+    description:
+      - Report the result to the control plane with C(lxcloud.host.image) on every run
+        (C(verified), or C(failed) when installing failed), so the scheduler only places VMs
+        on hosts holding the verified image.
+      - Default is to report when O(api_url) is given.
+    type: bool
   api_url:
-    description: Control plane XML-RPC endpoint; when set, the result is reported with
-      C(lxcloud.host.image) on every run (verified, or failed when installing failed).
+    description: Control plane XML-RPC endpoint; defaults to C(url) in O(api_config).
     type: str
   api_session:
-    description: Session string C(user:secret) for O(api_url).
+    description: Session string C(user:secret); defaults to C(session) in O(api_config).
     type: str
+  api_config:
+    description: Credentials file (mode 0600) with C(url) and C(session).
+    type: path
+    default: /etc/lxcloud/api.conf
   host_name:
-    description: This host's name as registered with the control plane.
+    description: This host's name as registered with the control plane (default the hostname).
     type: str
 attributes:
   check_mode:
@@ -108,8 +118,7 @@ EXAMPLES = r"""
     version: "2024.1"
     src: /var/lib/lxcloud/images/incoming/slc5-batch-2024.1.raw.zst
     sha256: "{{ image_sha256 }}"
-    api_url: http://10.213.0.1:2633/RPC2
-    api_session: "oneadmin:{{ lxcloud_api_password }}"
+    report: true  # credentials from /etc/lxcloud/api.conf
     host_name: "{{ inventory_hostname }}"
 
 - name: Fetch a gzip image from the repository and write it onto an LV
@@ -143,6 +152,7 @@ reported:
 """
 
 import os
+import socket
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
@@ -170,15 +180,22 @@ def main():
             vg=dict(type="str"),
             force=dict(type="bool", default=False),
             remove_src=dict(type="bool", default=False),
+            report=dict(type="bool"),
             api_url=dict(type="str"),
             api_session=dict(type="str", no_log=True),
+            api_config=dict(type="path", default="/etc/lxcloud/api.conf"),
             host_name=dict(type="str"),
         ),
         required_if=[("backend", "lvm", ("vg", "size"))],
-        required_together=[("api_url", "api_session", "host_name")],
         supports_check_mode=True,
     )
     p = module.params
+    do_report = bool(p["api_url"]) if p["report"] is None else p["report"]
+    host_name = p["host_name"] or socket.gethostname()
+
+    def tell(state):
+        return report(p["api_url"], p["api_session"], host_name, p["name"], p["version"],
+                      p["sha256"], state, config=p["api_config"])
 
     def run(argv):
         return module.run_command(argv)
@@ -195,10 +212,9 @@ def main():
                        check_mode=module.check_mode, run=run)
     except (StagingError, InvalidName) as exc:
         details = getattr(exc, "details", {})
-        if p["api_url"] and not module.check_mode:
+        if do_report and not module.check_mode:
             try:
-                report(p["api_url"], p["api_session"], p["host_name"], p["name"],
-                       p["version"], p["sha256"], "failed")
+                tell("failed")
             except StagingError as rexc:
                 module.warn(str(rexc))
         module.fail_json(msg=str(exc), error=type(exc).__name__,
@@ -209,10 +225,9 @@ def main():
         os.unlink(p["src"])
 
     reported = False
-    if p["api_url"] and not module.check_mode:
+    if do_report and not module.check_mode:
         try:
-            report(p["api_url"], p["api_session"], p["host_name"], p["name"], p["version"],
-                   p["sha256"], "verified")
+            tell("verified")
             reported = True
         except StagingError as exc:
             module.fail_json(msg=str(exc), path=result["path"], image=result["meta"],

@@ -57,12 +57,20 @@ options:
     description: Capture again even if this name+version exists.
     type: bool
     default: false
+  register:
+    description: Register the image with the control plane (implied by O(api_url)).
+    type: bool
+    default: false
   api_url:
-    description: Control plane XML-RPC endpoint to register the image with.
+    description: Control plane XML-RPC endpoint; defaults to C(url) in O(api_config).
     type: str
   api_session:
-    description: Session string C(user:secret).
+    description: Session string C(user:secret); defaults to C(session) in O(api_config).
     type: str
+  api_config:
+    description: Credentials file (mode 0600) with C(url) and C(session).
+    type: path
+    default: /etc/lxcloud/api.conf
 attributes:
   check_mode:
     support: full
@@ -104,7 +112,7 @@ image:
            file: slc5-batch-2024.1.raw.zst}
 image_id:
   description: The control plane's image id, when registered.
-  returned: when api_url is set and not in check mode
+  returned: when registering and not in check mode
   type: int
 """
 
@@ -127,10 +135,11 @@ def main():
             level=dict(type="int"),
             threads=dict(type="int", default=0),
             force=dict(type="bool", default=False),
+            register=dict(type="bool", default=False),
             api_url=dict(type="str"),
             api_session=dict(type="str", no_log=True),
+            api_config=dict(type="path", default="/etc/lxcloud/api.conf"),
         ),
-        required_together=[("api_url", "api_session")],
         supports_check_mode=True,
     )
     p = module.params
@@ -142,8 +151,9 @@ def main():
         res = capture(p["source"], p["name"], p["version"], p["repo_dir"], p["compression"],
                       p["level"], p["threads"], p["force"], module.check_mode, run)
         image_id = None
-        if p["api_url"] and not module.check_mode:
-            image_id = register(p["api_url"], p["api_session"], res["meta"])
+        if (p["register"] or p["api_url"]) and not module.check_mode:
+            image_id = register(p["api_url"], p["api_session"], res["meta"],
+                                config=p["api_config"])
     except (StagingError, InvalidName) as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc(),
                          **getattr(exc, "details", {}))
