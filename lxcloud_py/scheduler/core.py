@@ -130,6 +130,7 @@ class Scheduler:
 
     # -- one cycle ------------------------------------------------------------------------------
     def run_cycle(self, limit: int | None = None) -> CycleResult:
+        """Place the PENDING VMs (at most ``limit`` of the oldest); see the module docstring."""
         t0 = time.monotonic()
         with self.store.transaction() as conn:
             hosts = load_hosts(conn)
@@ -141,7 +142,7 @@ class Scheduler:
         with self.store.engine.connect() as conn:
             self._conn = conn
             try:
-                self._run(hosts, requests, limit, result)
+                self._run(hosts, requests, result)
             finally:
                 self._conn = None
         result.seconds = time.monotonic() - t0
@@ -163,7 +164,6 @@ class Scheduler:
         self,
         hosts: list[HostState],
         requests: list[Request],
-        limit: int | None,
         result: CycleResult,
     ) -> None:
         # A request shape that found no host cannot find one later in the same cycle: hosts
