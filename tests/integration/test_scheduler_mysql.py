@@ -21,8 +21,6 @@ from lxcloud_py.model import VMState
 from lxcloud_py.scheduler import CycleResult, Scheduler
 from lxcloud_py.store import Store
 
-pytestmark = pytest.mark.mysql
-
 REPO = Path(__file__).resolve().parents[2]
 IMG = "slc5-batch"
 
@@ -120,9 +118,11 @@ def assert_saturated(store: Store) -> None:
         )
 
 
-@pytest.mark.parametrize("backend", ["mysql", pytest.param("sqlite", marks=())])
-def test_concurrent_scheduler_threads(backend: str, mysql_url: str, sqlite_url: str) -> None:
-    url = mysql_url if backend == "mysql" else sqlite_url
+def test_concurrent_scheduler_threads(db_url: str) -> None:
+    """Four schedulers as threads, each with its own Store; on MariaDB (marker mysql) and,
+    for comparison, on an SQLite file."""
+    url = db_url
+    backend = "mysql" if url.startswith("mysql") else "sqlite"
     setup = Store(url)
     setup.create_schema()
     n_leases, n_vms = build_farm(setup, seed=7)
@@ -167,6 +167,7 @@ def test_concurrent_scheduler_threads(backend: str, mysql_url: str, sqlite_url: 
     setup.dispose()
 
 
+@pytest.mark.mysql
 def test_concurrent_scheduler_processes(mysql_url: str) -> None:
     """Three `lxcloud schedule --once` processes started together on one MariaDB."""
     setup = Store(mysql_url)
