@@ -301,11 +301,8 @@ class Testbed:
             rate = parse_rate(rate)[0]
         with self.lock():
             self.state = self.load_state()
-            fresh = not self.state.get("hosts")
-            if fresh:
-                self.state["owner"] = owner
-            elif owner == "manual":
-                self.state["owner"] = "manual"
+            if not self.state.get("hosts"):
+                self.state["owner"] = owner  # who created it (a fixture tears down its own)
             if rate is not None:
                 self.state["rate"] = None if rate == "off" else rate
             have = set(self.state.get("hosts", []))
