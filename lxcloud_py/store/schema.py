@@ -3,7 +3,8 @@
 Integrity lives here, not in application code: unique IP/MAC/DNS name per lease, at most one
 VM per lease (``leases.vm_id`` is unique and a lease has one such column), foreign keys
 everywhere a row refers to another, and an append-only ``history`` of state changes.
-Times are UNIX epoch seconds (float, UTC).
+Times are UNIX epoch seconds (float, UTC), stored as DOUBLE: MySQL's FLOAT is single precision
+(a 2026 epoch would round to 128 s).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    Float,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -45,7 +46,7 @@ users = Table(
     Column("name", String(64), nullable=False, unique=True),
     Column("password_hash", String(255), nullable=False),
     Column("is_admin", Boolean, nullable=False, default=False),
-    Column("created", Float, nullable=False),
+    Column("created", Double, nullable=False),
 )
 
 hosts = Table(
@@ -56,14 +57,14 @@ hosts = Table(
     Column("state", Integer, nullable=False),
     Column("im_mad", String(32), nullable=False, default="lxcloud"),
     Column("vmm_mad", String(32), nullable=False, default="kvm"),
-    Column("cpu", Float, nullable=False, default=0.0),  # cores
+    Column("cpu", Double, nullable=False, default=0.0),  # cores
     Column("memory_mb", Integer, nullable=False, default=0),
     Column("disk_mb", Integer, nullable=False, default=0),
     Column("max_dispatch", Integer, nullable=True),  # per-host dispatch limit, NULL = config
     Column("info", LongText, nullable=True),  # JSON of the last probe/registration facts
-    Column("registered", Float, nullable=True),
-    Column("last_seen", Float, nullable=True),
-    Column("created", Float, nullable=False),
+    Column("registered", Double, nullable=True),
+    Column("last_seen", Double, nullable=True),
+    Column("created", Double, nullable=False),
 )
 
 host_macs = Table(
@@ -83,7 +84,7 @@ images = Table(
     Column("size", BigInteger, nullable=False),  # bytes of the unpacked image (> 2 GiB)
     Column("format", String(16), nullable=False, default="raw"),
     Column("compression", String(16), nullable=False, default="zstd"),
-    Column("created", Float, nullable=False),
+    Column("created", Double, nullable=False),
     UniqueConstraint("name", "version", name="uq_images_name_version"),
 )
 
@@ -94,7 +95,7 @@ host_images = Table(
     Column("image_id", Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
     Column("state", String(16), nullable=False),  # model.ImageState
     Column("sha256", String(64), nullable=True),  # what the host verified
-    Column("updated", Float, nullable=False),
+    Column("updated", Double, nullable=False),
 )
 
 pools = Table(
@@ -106,7 +107,7 @@ pools = Table(
     Column("target", Integer, nullable=False, default=0),
     Column("lifetime", Integer, nullable=True),  # seconds
     Column("enabled", Boolean, nullable=False, default=True),
-    Column("created", Float, nullable=False),
+    Column("created", Double, nullable=False),
 )
 
 vms = Table(
@@ -118,7 +119,7 @@ vms = Table(
     Column("template", LongText, nullable=False),  # the template as submitted
     Column("state", Integer, nullable=False),  # model.VMState
     Column("lcm_state", Integer, nullable=False),  # model.LCMState
-    Column("cpu", Float, nullable=False, default=1.0),
+    Column("cpu", Double, nullable=False, default=1.0),
     Column("vcpu", Integer, nullable=False, default=1),
     Column("memory_mb", Integer, nullable=False, default=512),
     Column("image_name", String(64), nullable=True),  # requested image (DISK/IMAGE)
@@ -126,10 +127,10 @@ vms = Table(
     Column("host_id", Integer, ForeignKey("hosts.id"), nullable=True),
     Column("pool_id", Integer, ForeignKey("pools.id", ondelete="SET NULL"), nullable=True),
     Column("lifetime", Integer, nullable=True),  # seconds
-    Column("created", Float, nullable=False),
-    Column("started", Float, nullable=True),
-    Column("deadline", Float, nullable=True),
-    Column("ended", Float, nullable=True),
+    Column("created", Double, nullable=False),
+    Column("started", Double, nullable=True),
+    Column("deadline", Double, nullable=True),
+    Column("ended", Double, nullable=True),
     Column("sched_message", String(512), nullable=True),
     Column("token_hash", String(128), nullable=True),
     Index("ix_vms_state", "state"),
@@ -147,7 +148,7 @@ leases = Table(
     Column("state", String(8), nullable=False, default="free"),  # model.LeaseState
     # At most one live VM per lease: one column, unique across leases (a VM holds one lease).
     Column("vm_id", Integer, ForeignKey("vms.id"), nullable=True, unique=True),
-    Column("updated", Float, nullable=False),
+    Column("updated", Double, nullable=False),
     Index("ix_leases_host_state", "host", "state"),
 )
 
@@ -155,7 +156,7 @@ history = Table(
     "history",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("ts", Float, nullable=False),
+    Column("ts", Double, nullable=False),
     Column("kind", String(8), nullable=False),  # vm | host | lease | image | pool
     Column("object_id", Integer, nullable=False),
     Column("old_state", String(32), nullable=True),
