@@ -725,7 +725,7 @@ class Testbed:
                 "host": h.name, "ip": h.ip, "netns": netns, "sshd_pid": sshd, "ssh": ssh_ok,
                 "libvirtd_pid": lv, "libvirtd": lv_ok,
                 "rate": self.link_rate(h) if netns else "-",
-                "rss_kib": namespace_rss_kib(h) if netns else 0,
+                **(namespace_memory_kib(h) if netns else {"rss_kib": 0, "pss_kib": 0}),
             })
         return rows
 
@@ -739,11 +739,11 @@ class Testbed:
         else:
             print(f"testbed {self.dir}  bridge {self.bridge} {self.bridge_ip}  "
                   f"API for hosts {self.api_url}")
-            hdr = ("HOST", "IP", "SSHD PID", "SSH", "LIBVIRTD", "RATE", "RSS")
+            hdr = ("HOST", "IP", "SSHD PID", "SSH", "LIBVIRTD", "RATE", "MEM (PSS)")
             table = [hdr] + [(
                 r["host"], r["ip"], str(r["sshd_pid"] or "-"), "up" if r["ssh"] else "DOWN",
                 f"alive ({r['libvirtd_pid']})" if r["libvirtd"] else "DEAD", r["rate"],
-                f"{r['rss_kib'] / 1024:.0f} MiB",
+                f"{r['pss_kib'] / 1024:.1f} MiB",
             ) for r in rows]
             widths = [max(len(row[i]) for row in table) for i in range(len(hdr))]
             for row in table:
@@ -914,14 +914,15 @@ def detach_loops_under(root: Path) -> None:
                 run(["losetup", "-d", name], check=False)
 
 
-def namespace_rss_kib(h: Host) -> int:
+def namespace_memory_kib(h: Host) -> dict[str, int]:
+    """RSS and PSS (shared pages split between their users) of all processes in the host."""
     net = ns_inode(f"/run/netns/{h.name}")
-    total = 0
+    total = {"rss_kib": 0, "pss_kib": 0}
     for pid in processes_in(net, None):
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith(("Rss:", "Pss:")):
+                    total[line[:3].lower() + "_kib"] += int(line.split()[1])
         except (OSError, ValueError, IndexError):
             pass
     return total
