@@ -229,8 +229,6 @@ def test_boot_script_registers_and_heartbeats(cp, tmp_path):
     lib = tmp_path / "lib"
     pkg = lib / "ansible_collections" / "lxcloud" / "cloud" / "plugins" / "module_utils"
     pkg.mkdir(parents=True)
-    for d in [pkg, *pkg.parents][:5]:
-        (d / "__init__.py").write_text("")
     for name in ("api_client.py", "host_probe.py", "names.py"):
         (pkg / name).write_bytes((REPO / "plugins" / "module_utils" / name).read_bytes())
     api_conf = tmp_path / "api.conf"
