@@ -38,8 +38,14 @@ def bbpath(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def sh(script: str, bbpath: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BUSYBOX, "sh", "-c", script], capture_output=True, text=True,
-                          env={"PATH": bbpath, **env}, timeout=20, check=False)
+    return subprocess.run(
+        [BUSYBOX, "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PATH": bbpath, **env},
+        timeout=20,
+        check=False,
+    )
 
 
 HOSTILE = (
@@ -55,13 +61,25 @@ HOSTILE = (
 )
 
 
-@pytest.mark.parametrize(("key", "rc", "value"), [
-    ("NAME", 0, "wn-1"), ("EVIL", 0, "$(touch {pwned})`touch {pwned}`"), ("EMPTY", 0, ""),
-    ("DUP", 1, ""), ("QUOTED", 1, ""), ("LEADING", 1, ""), ("TRAILING", 1, ""),
-    ("lower", 1, ""), ("MISSING", 1, ""), ("A;B", 1, ""), ("NAME.*", 1, ""),
-])
-def test_ctx_get_parses_without_sourcing(tmp_path: Path, bbpath: str, key: str, rc: int,
-                                         value: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "rc", "value"),
+    [
+        ("NAME", 0, "wn-1"),
+        ("EVIL", 0, "$(touch {pwned})`touch {pwned}`"),
+        ("EMPTY", 0, ""),
+        ("DUP", 1, ""),
+        ("QUOTED", 1, ""),
+        ("LEADING", 1, ""),
+        ("TRAILING", 1, ""),
+        ("lower", 1, ""),
+        ("MISSING", 1, ""),
+        ("A;B", 1, ""),
+        ("NAME.*", 1, ""),
+    ],
+)
+def test_ctx_get_parses_without_sourcing(
+    tmp_path: Path, bbpath: str, key: str, rc: int, value: str
+) -> None:
     pwned = tmp_path / "pwned"
     ctx = tmp_path / "context.sh"
     ctx.write_text(HOSTILE.format(pwned=pwned))
@@ -70,16 +88,29 @@ def test_ctx_get_parses_without_sourcing(tmp_path: Path, bbpath: str, key: str, 
     assert not pwned.exists()
 
 
-@pytest.mark.parametrize(("fn", "good", "bad"), [
-    ("is_ipv4", ["10.213.7.50", "0.0.0.1", "255.255.255.255"], ["256.1.1.1", "1.2.3", "a.b.c.d",
-                                                                "1.2.3.4 ", ""]),
-    ("is_mac", ["52:54:00:ab:CD:ef"], ["52:54:00:ab:cd", "52-54-00-ab-cd-ef", "zz:54:00:ab:cd:ef"]),
-    ("is_uint", ["0", "3600"], ["", "-1", "1e3", "12 ", "1234567890123"]),
-    ("is_name", ["wn-0001", "a.b"], ["-x", "a b", "a;b", "x" * 64, ""]),
-    ("is_token", ["AbC-_.~+/="], ["a b", "a'b", "a<b", ""]),
-    ("is_url", ["http://10.0.2.2:2633/RPC2", "https://[::1]:80/RPC2"],
-     ["ftp://x/", "http://x/$(id)", "http://x/ a", "http://x/a'b"]),
-])
+@pytest.mark.parametrize(
+    ("fn", "good", "bad"),
+    [
+        (
+            "is_ipv4",
+            ["10.213.7.50", "0.0.0.1", "255.255.255.255"],
+            ["256.1.1.1", "1.2.3", "a.b.c.d", "1.2.3.4 ", ""],
+        ),
+        (
+            "is_mac",
+            ["52:54:00:ab:CD:ef"],
+            ["52:54:00:ab:cd", "52-54-00-ab-cd-ef", "zz:54:00:ab:cd:ef"],
+        ),
+        ("is_uint", ["0", "3600"], ["", "-1", "1e3", "12 ", "1234567890123"]),
+        ("is_name", ["wn-0001", "a.b", "x" * 253], ["-x", "a b", "a;b", "x" * 254, ""]),
+        ("is_token", ["AbC-_.~+/="], ["a b", "a'b", "a<b", ""]),
+        (
+            "is_url",
+            ["http://10.0.2.2:2633/RPC2", "https://[::1]:80/RPC2"],
+            ["ftp://x/", "http://x/$(id)", "http://x/ a", "http://x/a'b"],
+        ),
+    ],
+)
 def test_validators(bbpath: str, fn: str, good: list[str], bad: list[str]) -> None:
     for v in good:
         assert sh(f'. {GUEST}/context.sh.lib; {fn} "$V"', bbpath, V=v).returncode == 0, (fn, v)
@@ -95,7 +126,8 @@ class API:
         self.server.register_function(self._action, "one.vm.action")
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def _action(self, session: str, action: str, vm_id: int) -> list[object]:
@@ -123,17 +155,27 @@ def guest_root(tmp_path: Path, port: int, uptime: str = "10.5 3.0", lifetime: st
     (root / "proc/uptime").write_text(uptime + "\n")
     (root / "run/lxcloud/context.sh").write_text(
         f"NAME='wn-7'\nVMID='7'\nLIFETIME='{lifetime}'\nDRAIN_CHECK_INTERVAL='1'\n"
-        f"LXCLOUD_TOKEN='t0k-EN_x'\nLXCLOUD_API='http://127.0.0.1:{port}/RPC2'\n")
+        f"LXCLOUD_TOKEN='t0k-EN_x'\nLXCLOUD_API='http://127.0.0.1:{port}/RPC2'\n"
+    )
     return root
 
 
 def run_loop(root: Path, bbpath: str, wait: float | None = None) -> tuple[int | None, str]:
     """Run callback-loop; with ``wait`` stop it after that many seconds (it loops forever)."""
-    env = {"LXCLOUD_ROOT": str(root), "LXCLOUD_PATH": bbpath, "PATH": bbpath,
-           "POWEROFF": f"touch {root}/poweroff-called"}
-    p = subprocess.Popen([BUSYBOX, "sh", str(GUEST / "callback-loop")], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
+    env = {
+        "LXCLOUD_ROOT": str(root),
+        "LXCLOUD_PATH": bbpath,
+        "PATH": bbpath,
+        "POWEROFF": f"touch {root}/poweroff-called",
+    }
+    p = subprocess.Popen(
+        [BUSYBOX, "sh", str(GUEST / "callback-loop")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = p.communicate(timeout=wait if wait is not None else 20)
     except subprocess.TimeoutExpired:
@@ -172,6 +214,14 @@ def test_loop_retries_transport_errors(tmp_path: Path, bbpath: str, api: API) ->
     assert rc is None  # still retrying
     assert out.count("LXCLOUD-CALLBACK error transport") >= 2
     assert not (root / "poweroff-called").exists()
+
+
+def test_loop_lifetime_zero_never_due(tmp_path: Path, bbpath: str, api: API) -> None:
+    root = guest_root(tmp_path, api.port, lifetime="0")
+    rc, out = run_loop(root, bbpath, wait=1.0)
+    assert rc is None
+    assert "LXCLOUD-CALLBACK no LIFETIME (missing, invalid or 0): never due" in out
+    assert api.calls == []
 
 
 @pytest.mark.parametrize("case", ["busy", "not-due"])
