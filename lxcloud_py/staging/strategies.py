@@ -95,6 +95,8 @@ class Agent:
                 self.proc.kill()
                 self.proc.wait()
         self.thread.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self.stderr.close()
 
 

@@ -375,6 +375,7 @@ class Relay:
                 with self.slock:
                     conn.sendall((json.dumps({"offset": self.image.have}) + "\n").encode())
                     self.hb_ok = conn
+                emit(ev="upstream", peer=str(hdr.get("from", "")), offset=self.image.have)
                 self._receive(conn, f)
             except OSError:
                 pass  # the upstream died: wait for a re-routed one
