@@ -133,7 +133,7 @@ def allocate(store: Store, name: str, im_mad: str = "lxcloud", vmm_mad: str = "k
                 created=now(),
             )
         )
-        host_id = int(res.inserted_primary_key[0])
+        host_id = _inserted_id(res)
         Store.record(conn, "host", host_id, None, HostState.INIT, "allocated")
         return host_id
 
@@ -169,7 +169,7 @@ def register(
             res = conn.execute(
                 insert(_H).values(name=name, state=int(HostState.MONITORED), created=t, **values)
             )
-            host_id = int(res.inserted_primary_key[0])
+            host_id = _inserted_id(res)
             Store.record(
                 conn,
                 "host",
@@ -378,3 +378,11 @@ def find_id(conn: Connection, name_or_id: str) -> int:
     if found is None:
         raise NotFound(f"no host {name_or_id!r}")
     return int(found)
+
+
+def _inserted_id(res: Any) -> int:
+    """The primary key of the row an INSERT created."""
+    pk = res.inserted_primary_key
+    if pk is None:  # pragma: no cover - every table here has an autoincrement key
+        raise RuntimeError("INSERT returned no primary key")
+    return int(pk[0])

@@ -73,7 +73,7 @@ def register(
                 created=now(),
             )
         )
-        image_id = int(res.inserted_primary_key[0])
+        image_id = _inserted_id(res)
         Store.record(conn, "image", image_id, None, "registered", f"{name} {version} {sha}")
         return image_id
 
@@ -87,3 +87,11 @@ def get(conn: Connection, image_id: int) -> dict[str, Any]:
 
 def list_images(conn: Connection) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(select(_I).order_by(_I.c.name, _I.c.id))]
+
+
+def _inserted_id(res: Any) -> int:
+    """The primary key of the row an INSERT created."""
+    pk = res.inserted_primary_key
+    if pk is None:  # pragma: no cover - every table here has an autoincrement key
+        raise RuntimeError("INSERT returned no primary key")
+    return int(pk[0])

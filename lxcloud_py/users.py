@@ -15,6 +15,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, update
 
@@ -80,7 +81,7 @@ def ensure_admin(
                     created=now(),
                 )
             )
-            Store.record(conn, "user", int(res.inserted_primary_key[0]), None, "admin", "created")
+            Store.record(conn, "user", _inserted_id(res), None, "admin", "created")
             return AdminResult(created=True)
         if password is None or auth.verify_password(password, row.password_hash):
             return AdminResult()
@@ -162,3 +163,11 @@ def user_id(store: Store, name: str = ADMIN) -> int:
     if uid is None:
         raise NotFound(f"no user {name!r} (run: lxcloud db init)")
     return int(uid)
+
+
+def _inserted_id(res: Any) -> int:
+    """The primary key of the row an INSERT created."""
+    pk = res.inserted_primary_key
+    if pk is None:  # pragma: no cover - every table here has an autoincrement key
+        raise RuntimeError("INSERT returned no primary key")
+    return int(pk[0])

@@ -174,7 +174,7 @@ def allocate(
                 token_hash=auth.hash_token(token),
             )
         )
-        vm_id = int(res.inserted_primary_key[0])
+        vm_id = _inserted_id(res)
         if spec.name is None:
             conn.execute(update(_V).where(_V.c.id == vm_id).values(name=f"one-{vm_id}"))
         Store.record(conn, "vm", vm_id, None, state, "allocated" + (" on hold" if hold else ""))
@@ -346,3 +346,11 @@ def list_vms(
 
 def state_text(vm: dict[str, Any]) -> str:
     return _state_text(vm["state"], vm["lcm_state"])
+
+
+def _inserted_id(res: Any) -> int:
+    """The primary key of the row an INSERT created."""
+    pk = res.inserted_primary_key
+    if pk is None:  # pragma: no cover - every table here has an autoincrement key
+        raise RuntimeError("INSERT returned no primary key")
+    return int(pk[0])

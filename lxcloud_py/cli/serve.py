@@ -104,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     serving.start()
     monitor.start()
-    host, port = server.server_address[:2]
+    host, port = conf["address"][0], server.port
     print(f"lxcloud API listening on http://{host}:{port}/RPC2", file=sys.stderr, flush=True)
     log.info(
         "serving %s; host monitor every %g s, ERROR after %d missed",
