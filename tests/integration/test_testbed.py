@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -55,9 +56,11 @@ def test_each_host_has_its_own_identity_and_state_dirs(testbed: Testbed) -> None
             "hostname; cat /etc/machine-id; ip -4 -o addr show dev eth0; "
             f"echo {h.name} > /var/lib/lxcloud/{marker}; "
             "test -c /dev/kvm && echo kvm-visible || echo kvm-hidden; "
-            "ip route show default | wc -l"
+            "ip route show default | wc -l; "
+            f"getent hosts {hosts[-1].name} | cut -d' ' -f1"
         )).stdout.split("\n")
-        hostname, machine_id, addr, kvm, default_routes = out[:5]
+        hostname, machine_id, addr, kvm, default_routes, resolved = out[:6]
+        assert resolved == hosts[-1].ip  # /etc/hosts names every testbed host
         assert hostname == h.name
         assert f" {h.ip}/" in addr
         assert kvm == "kvm-hidden"
@@ -236,6 +239,20 @@ def test_lifecycle_up_grow_shape_down_leaves_nothing() -> None:
             assert again[name]["sshd_pid"] == first[name]["sshd_pid"]
             assert again[name]["libvirtd_pid"] == first[name]["libvirtd_pid"]
         assert again["lxt3"]["ssh"] and again["lxt3"]["libvirtd"]
+
+        # Up repairs: a dead libvirtd is restarted; a host whose sshd died is rebuilt.
+        os.kill(again["lxt2"]["libvirtd_pid"], signal.SIGKILL)
+        os.kill(again["lxt3"]["sshd_pid"], signal.SIGKILL)
+        time.sleep(0.2)
+        broken = {r["host"]: r for r in tb.status()["hosts"]}
+        assert not broken["lxt2"]["libvirtd"] and not broken["lxt3"]["ssh"]
+        tb.cli("up", "3")
+        fixed = {r["host"]: r for r in tb.status()["hosts"]}
+        assert all(r["ssh"] and r["libvirtd"] for r in fixed.values()), fixed
+        assert fixed["lxt2"]["sshd_pid"] == again["lxt2"]["sshd_pid"]
+        assert fixed["lxt2"]["libvirtd_pid"] != again["lxt2"]["libvirtd_pid"]
+        assert fixed["lxt3"]["sshd_pid"] != again["lxt3"]["sshd_pid"]
+        assert tb.ssh("lxt3", "hostname").stdout.strip() == "lxt3"
 
         # Leave real work behind for down: a running qemu, a loop device, an ssh session.
         a = tb.hosts[0]
