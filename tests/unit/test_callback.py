@@ -274,3 +274,42 @@ def test_script_runs_under_system_python(tmp_path: Path, api: API) -> None:
     assert "not yet due" in r.stderr
     assert "not yet due" in (tmp_path / "log").read_text()
     assert api.calls == []
+
+
+def _iso9660_mountable() -> bool:
+    try:
+        return "iso9660" in Path("/proc/filesystems").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting the context ISO needs root")
+@pytest.mark.skipif(not _iso9660_mountable(), reason="this kernel has no iso9660 filesystem")
+def test_context_found_by_mounting_the_iso(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No context.sh in the usual places: the CONTEXT ISO is mounted read-only (here an ISO
+    file, which mount(8) attaches to a loop device and frees again on umount)."""
+    if not Path("/usr/bin/genisoimage").exists():
+        pytest.skip("genisoimage not installed")
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_context(src / "context.sh", VMID="5", LIFETIME="60", NAME="wn-5")
+    iso = tmp_path / "context.iso"
+    subprocess.run(
+        ["genisoimage", "-quiet", "-V", "CONTEXT", "-J", "-R", "-o", str(iso), str(src)],
+        check=True,
+    )
+    monkeypatch.setattr(cb, "DEFAULT_CONTEXT_PATHS", (str(tmp_path / "nowhere.sh"),))
+    before = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    ctx, source = cb.find_context(None, device=str(iso))
+    assert ctx == {"VMID": "5", "LIFETIME": "60", "NAME": "wn-5"}
+    assert source == str(iso)
+    after = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert str(iso) not in after and before.count("\n") == after.count("\n")
+
+
+def test_no_context_anywhere_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cb, "DEFAULT_CONTEXT_PATHS", (str(tmp_path / "nowhere.sh"),))
+    with pytest.raises(cb.ContextError, match=r"no context\.sh found .*nowhere\.sh"):
+        cb.find_context(None, device=str(tmp_path / "no-such-device"))
