@@ -208,6 +208,8 @@ def main():
         module.fail_json(msg=str(e), item=e.what)
     except DiskError as e:
         module.fail_json(msg=e.msg, **e.result)
+    except (IOError, OSError) as e:
+        module.fail_json(msg="disk %s: %s" % (p["name"], e))
 
     result = dict(
         changed=changed,
