@@ -323,9 +323,11 @@ def list_vms(
     end_id: int = -1,
     state: int = -1,
     ids: Iterable[int] | None = None,
+    offset: int | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """VMs by OpenNebula's pool filter: ``state`` -2 any, -1 any but DONE, else that state;
-    ids from ``start_id`` to ``end_id`` (-1: open)."""
+    ids from ``start_id`` to ``end_id`` (-1: open); ``offset``/``limit`` page through them."""
     stmt = select(_V).order_by(_V.c.id)
     if owner_id is not None:
         stmt = stmt.where(_V.c.owner_id == owner_id)
@@ -341,6 +343,8 @@ def list_vms(
         raise InvalidInput(f"state filter must be -2, -1 or a state number, got {state}")
     if ids is not None:
         stmt = stmt.where(_V.c.id.in_(list(ids)))
+    if limit is not None:
+        stmt = stmt.limit(limit).offset(offset or 0)
     return _enrich(conn, [dict(r._mapping) for r in conn.execute(stmt)])
 
 

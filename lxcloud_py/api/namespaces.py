@@ -89,9 +89,15 @@ class HostNamespace(Namespace):
         name: object,
         im_mad: object,
         vmm_mad: object,
+        cluster_or_vnm: object = -1,
         cluster_id: object = -1,
     ) -> int:
-        want_int(cluster_id, "cluster id")
+        """OpenNebula 5+: (name, im_mad, vmm_mad, cluster_id); 4.x also sent vnm_mad before
+        the cluster id: both are accepted (clusters and vnm_mad are ignored)."""
+        if isinstance(cluster_or_vnm, str):
+            want_int(cluster_id, "cluster id")
+        else:
+            want_int(cluster_or_vnm, "cluster id")
         try:
             return hosts.allocate(
                 self.store,
@@ -203,17 +209,30 @@ class VmPoolNamespace(Namespace):
         st = want_int(state, "state")
         if want_str(kv_filter, "filter", 1024):
             raise ApiFailure(XML_RPC_API, "KEY=VALUE filters are not supported")
-        if flag < -4:
-            raise ApiFailure(XML_RPC_API, f"bad filter flag {flag} (-4..-1 or a user id)")
         owner: int | None
         if flag == -2:
             owner = None  # all VMs
         elif flag < 0:
-            owner = who.user_id  # mine / my group's / mine and my group's: one group here
+            owner = who.user_id  # <= -3 mine; -1 mine and my group's (one group here)
         else:
             owner = flag
+        offset = limit = None
+        if end < -1:  # OpenNebula's pagination: start is the offset, -end the page size
+            if start < 0:
+                raise ApiFailure(
+                    XML_RPC_API, "with a page size (end < -1), start is an offset >= 0"
+                )
+            offset, limit, start, end = start, -end, -1, -1
         with self.store.transaction() as conn:
-            found = vms.list_vms(conn, owner_id=owner, start_id=start, end_id=end, state=st)
+            found = vms.list_vms(
+                conn,
+                owner_id=owner,
+                start_id=start,
+                end_id=end,
+                state=st,
+                offset=offset,
+                limit=limit,
+            )
         return documents.vm_pool_document(found)
 
 

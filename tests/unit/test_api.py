@@ -328,6 +328,9 @@ def test_concurrent_calls(api: Api) -> None:
 # -- hosts --------------------------------------------------------------------------------------
 def test_host_allocate_info_status_delete(api: Api) -> None:
     hid = api.call("one.host.allocate", "hv9", "lxcloud", "kvm", -1)
+    # OpenNebula 4.x's form with a vnm_mad before the cluster id works too.
+    assert api.call("one.host.allocate", "hv8", "lxcloud", "kvm", "dummy", -1) == hid + 1
+    assert api.call("one.host.delete", hid + 1) == hid + 1
     code, message, _ = api.fail("one.host.allocate", "hv9", "lxcloud", "kvm", -1)
     assert code == ALLOCATE and "already taken" in message
     assert api.fail("one.host.allocate", "bad/name", "lxcloud", "kvm", -1)[0] == ALLOCATE
@@ -621,8 +624,11 @@ def test_vmpool_filters(api: Api) -> None:
     assert pool(uid, -1, -1, -2) == ids
     assert pool(uid + 1, -1, -1, -2) == []
     assert pool(-2) == ids[1:]  # defaults: open range, not DONE
+    assert pool(-4, -1, -1, -2) == ids  # <= -3: mine
+    assert pool(-2, 1, -2, -2) == ids[1:3]  # pagination: offset 1, page size 2
+    assert pool(-2, 0, -3, -1) == ids[1:4]
     assert api.fail("one.vmpool.info", -2, -1, -1, -7)[0] == XML_RPC_API
-    assert api.fail("one.vmpool.info", -5, -1, -1, -1)[0] == XML_RPC_API
+    assert api.fail("one.vmpool.info", -2, -1, -5, -1)[0] == XML_RPC_API
 
 
 # -- VM tokens ----------------------------------------------------------------------------------
