@@ -1,5 +1,6 @@
 """The XML-RPC API through a real ``xmlrpc.client.ServerProxy`` over a loopback socket, on
-both backends (the ``store`` fixture): every method's happy path and error codes,
+both backends (SQLite and the private MariaDB, one database per backend for the module):
+every method's happy path and error codes,
 authentication, token scoping, refused method names and request size bounds."""
 
 # ruff: noqa: S314 - parsing the replies of our own test server
