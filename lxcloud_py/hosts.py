@@ -20,6 +20,7 @@ from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     validate_name,
 )
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from lxcloud_py.model import (
     LIVE_VM_STATES,
@@ -120,22 +121,25 @@ def allocate(store: Store, name: str, im_mad: str = "lxcloud", vmm_mad: str = "k
                 validate_name(value, what)
             except InvalidName as exc:
                 raise InvalidInput(str(exc)) from None
-    with store.transaction() as conn:
-        old = _by_name(store, conn, name)
-        if old is not None:
-            raise Conflict(f"NAME is already taken by HOST {old.id}")
-        res = conn.execute(
-            insert(_H).values(
-                name=name,
-                state=int(HostState.INIT),
-                im_mad=im_mad or "lxcloud",
-                vmm_mad=vmm_mad or "kvm",
-                created=now(),
+    try:
+        with store.transaction() as conn:
+            old = _by_name(store, conn, name)
+            if old is not None:
+                raise Conflict(f"NAME is already taken by HOST {old.id}")
+            res = conn.execute(
+                insert(_H).values(
+                    name=name,
+                    state=int(HostState.INIT),
+                    im_mad=im_mad or "lxcloud",
+                    vmm_mad=vmm_mad or "kvm",
+                    created=now(),
+                )
             )
-        )
-        host_id = _inserted_id(res)
-        Store.record(conn, "host", host_id, None, HostState.INIT, "allocated")
-        return host_id
+            host_id = _inserted_id(res)
+            Store.record(conn, "host", host_id, None, HostState.INIT, "allocated")
+            return host_id
+    except IntegrityError:  # a concurrent allocation/registration of the same name won
+        raise Conflict(f"NAME {name} is already taken") from None
 
 
 def register(
@@ -150,13 +154,30 @@ def register(
     """Create or update a host with its capacity and allowed MACs (never a duplicate);
     last_seen = now; state MONITORED unless an operator disabled it or set it offline."""
     name = check_name(name)
-    cpu_f = _number(cpu, "cpu")
-    mem = _number(memory_mb, "memory_mb", integer=True)
-    disk = _number(disk_mb, "disk_mb", integer=True)
+    cpu_f = float(_number(cpu, "cpu"))
+    mem = int(_number(memory_mb, "memory_mb", integer=True))
+    disk = int(_number(disk_mb, "disk_mb", integer=True))
     if isinstance(macs, str | bytes) or not isinstance(macs, Iterable):
         raise InvalidInput("macs must be an array of MAC addresses")
     mac_list = _macs(macs)
     info_text = _info_json(info)
+    try:
+        return _register(store, name, cpu_f, mem, disk, mac_list, info_text)
+    except IntegrityError:
+        # Two first registrations of one name raced (MySQL does not lock a missing row):
+        # the loser's insert hit the unique name; now the row exists and this updates it.
+        return _register(store, name, cpu_f, mem, disk, mac_list, info_text)
+
+
+def _register(
+    store: Store,
+    name: str,
+    cpu_f: float,
+    mem: int,
+    disk: int,
+    mac_list: list[str],
+    info_text: str | None,
+) -> int:
     t = now()
     with store.transaction() as conn:
         row = _by_name(store, conn, name)

@@ -14,6 +14,7 @@ from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     validate_name,
 )
 from sqlalchemy import Connection, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from lxcloud_py.model import Conflict, InvalidInput, NotFound
 from lxcloud_py.store import Store, now, schema
@@ -50,6 +51,15 @@ def register(
     if compression not in COMPRESSIONS:
         raise InvalidInput(f"unknown compression {compression!r}")
     compression = compression or "none"
+    try:
+        return _register(store, name, version, sha, nbytes, fmt, compression)
+    except IntegrityError:  # a concurrent first registration won: compare with it
+        return _register(store, name, version, sha, nbytes, fmt, compression)
+
+
+def _register(
+    store: Store, name: str, version: str, sha: str, nbytes: int, fmt: str, compression: str
+) -> int:
     with store.transaction() as conn:
         row = conn.execute(
             store.for_update(select(_I).where(_I.c.name == name, _I.c.version == version))

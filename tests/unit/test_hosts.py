@@ -174,3 +174,27 @@ def test_image_reports(store: Store) -> None:
         (None, "verified"),
         ("verified", "failed"),
     ]
+
+
+def test_concurrent_first_registrations_make_one_host(store: Store) -> None:
+    ids: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def worker() -> None:
+        try:
+            barrier.wait(5)
+            ids.append(hosts.register(store, "hv-race", 2, 1024, 0, MACS))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert len(set(ids)) == 1 and len(ids) == 6
+    with store.transaction() as conn:
+        assert len(conn.execute(select(schema.hosts)).all()) == 1
+        assert len(conn.execute(select(schema.host_macs)).all()) == 2
