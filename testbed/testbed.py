@@ -707,10 +707,31 @@ class Testbed:
                 idx.add(int(m.group(1)))
         return [self.host(i) for i in sorted(idx) if 1 <= i <= self.max_hosts]
 
-    def down(self, purge: bool = False) -> None:
+    def in_use(self) -> bool:
+        """True while a pytest session holds its shared lease (tests/integration/conftest.py)."""
+        path = self.dir / "users.lock"
+        if not path.exists():
+            return False
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+    def down(self, purge: bool = False, force: bool = False) -> bool:
+        """Remove the testbed; False if deferred because a test session still uses it."""
         preflight()
         with self.lock():
             self.state = self.load_state()
+            if not force and self.state.get("hosts") and self.in_use():
+                # Its last test session tears it down (as for a testbed a fixture created).
+                self.state["owner"] = "fixture"
+                self.save_state()
+                log("a pytest session is using the testbed: left up, that session removes it "
+                    "when it ends (down --force removes it now)")
+                return False
             hosts = self.known_hosts_everywhere()
             for h in hosts:
                 kill_namespace_processes(h, self)
@@ -733,6 +754,7 @@ class Testbed:
             self.state = {}
         names = " ".join(h.name for h in hosts)
         log(f"down: removed {len(hosts)} host(s) {names}" + (f" and {self.dir}" if purge else ""))
+        return True
 
     # -- status -----------------------------------------------------------------------------
     def status_rows(self) -> list[dict]:
@@ -1018,6 +1040,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=argparse.SUPPRESS)
     p = sub.add_parser("down", help="remove all hosts, links, processes and host dirs")
     p.add_argument("--purge", action="store_true", help="also remove keys and the qemu cache")
+    p.add_argument("--force", action="store_true",
+                   help="even while a pytest session uses it (else deferred to its end)")
     p = sub.add_parser("status", help="table of hosts (exit 1 unless all are healthy)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("shape", help="set link shaping of a running testbed")
@@ -1033,7 +1057,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "up":
             tb.up(args.n, rate=args.rate, owner=args.owner)
         elif args.cmd == "down":
-            tb.down(purge=args.purge)
+            tb.down(purge=args.purge, force=args.force)
         elif args.cmd == "status":
             return tb.status(as_json=args.json)
         elif args.cmd == "shape":

@@ -78,7 +78,7 @@ class TestbedSession:
                 pass  # another session still uses it: the last one tears it down
             else:
                 subprocess.run(
-                    [SYSTEM_PYTHON, str(TESTBED_PY), "down"],
+                    [SYSTEM_PYTHON, str(TESTBED_PY), "down", "--force"],  # we hold the lease
                     env={**os.environ, "LXCLOUD_TESTBED_DIR": str(self.dir)},
                     check=False,
                     timeout=300,
