@@ -43,6 +43,11 @@ options:
         YES/NO.
       - Required with I(state=present).
     type: dict
+  secret_variables:
+    description:
+      - More context variables, merged into I(variables), whose values Ansible keeps out of its
+        output and logs (C(no_log)), e.g. C(LXCLOUD_TOKEN).
+    type: dict
 attributes:
   check_mode:
     support: full
@@ -68,6 +73,7 @@ EXAMPLES = r"""
       LIFETIME: 86400
       LXCLOUD_API: http://10.10.0.1:2633/RPC2
       VMID: 17
+    secret_variables:
       LXCLOUD_TOKEN: "{{ vm_token }}"
 
 - name: Remove it
@@ -109,6 +115,7 @@ def main():
             dir=dict(type="path", default="/var/lib/lxcloud/disks"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             variables=dict(type="dict"),
+            secret_variables=dict(type="dict", no_log=True),
         ),
         required_if=[("state", "present", ["variables"])],
         supports_check_mode=True,
@@ -123,8 +130,14 @@ def main():
         spec = ContextSpec(p["name"], p["dir"])
         result["path"] = spec.path
         if p["state"] == "present":
-            keys = sorted(validate_variables(p["variables"]))
-            changed, before, after = ensure_present(run, spec, p["variables"], module.check_mode)
+            variables = dict(p["variables"])
+            for key, value in (p["secret_variables"] or {}).items():
+                if key in variables:
+                    module.fail_json(msg="context variable %s is in both variables and "
+                                         "secret_variables" % key, item=key)
+                variables[key] = value
+            keys = sorted(validate_variables(variables))
+            changed, before, after = ensure_present(run, spec, variables, module.check_mode)
             result.update(changed=changed, keys=keys)
             result["diff"] = dict(
                 before_header="%s (context.sh)" % spec.path,

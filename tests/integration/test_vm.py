@@ -5,6 +5,7 @@ with its storage.  Domain names start with ``lxvm-``."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -85,8 +86,13 @@ def test_vm_lifecycle(libvirt_uri: str, test_image: dict[str, str], store: str) 
                                           "variables": {"NAME": name, "ETH0_IP": "10.0.2.15",
                                                         "ETH0_MASK": "255.255.255.0",
                                                         "ETH0_GATEWAY": "10.0.2.2",
-                                                        "ETH0_MAC": mac, "VMID": 4242}})
+                                                        "ETH0_MAC": mac, "VMID": 4242},
+                                          "secret_variables": {"LXCLOUD_TOKEN": "s3cret-t0k"}})
     assert ctx["changed"], ctx
+    assert "s3cret-t0k" not in json.dumps(ctx), "the secret leaked into the module result"
+    iso = subprocess.run(["isoinfo", "-R", "-i", ctx["path"], "-x", "/context.sh"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "LXCLOUD_TOKEN='s3cret-t0k'" in iso and f"NAME='{name}'" in iso
     vm = {"name": name, "uri": libvirt_uri, "virt_type": "qemu", "memory_mb": 256,
           "disk": disk["path"], "disk_format": disk["format"], "context": ctx["path"],
           "kernel": test_image["kernel"], "initrd": test_image["initrd"],

@@ -111,6 +111,12 @@ def test_deploy_boot_rerun_destroy(tbhost: dict) -> None:
     }
     limit = ("--limit", tb["host"])
     try:
+        # check mode first: reports the changes, creates nothing
+        doc = playbook(DEPLOY, extra, check=True, inventory=tb["inventory"], extra_args=limit)
+        assert items(doc, tb["host"], "Define and start the VM")[name]["changed"] is True
+        assert name not in ssh(tb, "virsh", "list", "--all", "--name")
+        assert not [f for f in ssh(tb, "ls", "-A", disks).split() if name in f]
+
         t0 = time.monotonic()
         doc = playbook(DEPLOY, extra, inventory=tb["inventory"], extra_args=limit)
         deploy_s = time.monotonic() - t0
@@ -126,12 +132,14 @@ def test_deploy_boot_rerun_destroy(tbhost: dict) -> None:
         assert f"name=wn-{tag}" in line and "ip=10.213.7.42" in line and f"mac={mac}" in line
         assert "vmid=42" in line
 
-        # second run: nothing changes for the deployed VM
-        doc2 = playbook(DEPLOY, extra, inventory=tb["inventory"], extra_args=limit)
-        for task in ("Clone the golden image", "Write the context disk",
-                     "Define and start the VM"):
-            assert items(doc2, tb["host"], task)[name]["changed"] is False, task
-        assert doc2["stats"][tb["host"]]["changed"] == 0, doc2["stats"]
+        # check mode again, then a second real run: nothing changes for the deployed VM
+        for check in (True, False):
+            doc2 = playbook(DEPLOY, extra, check=check, inventory=tb["inventory"],
+                            extra_args=limit)
+            for task in ("Clone the golden image", "Write the context disk",
+                         "Define and start the VM"):
+                assert items(doc2, tb["host"], task)[name]["changed"] is False, (check, task)
+            assert doc2["stats"][tb["host"]]["changed"] == 0, (check, doc2["stats"])
 
         # destroy: domain, clone, context and console log gone; a second destroy is no change
         t0 = time.monotonic()
