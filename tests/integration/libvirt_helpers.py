@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -260,3 +261,25 @@ def task_results(doc: dict, host: str = "localhost") -> list[tuple[str, dict]]:
             if host in task.get("hosts", {}):
                 out.append((task["task"]["name"], task["hosts"][host]))
     return out
+
+
+def adhoc_many(module: str, cases: list[dict], check: bool = False) -> list[dict]:
+    """Run ``module`` once per args dict in one ansible-playbook run (each task ignore_errors),
+    on localhost with the venv's python; returns the results in order.  Cheaper than one
+    ``ansible`` process per case."""
+    import json
+
+    plays = [{
+        "name": "cases", "hosts": "localhost", "gather_facts": False,
+        "vars": {"ansible_python_interpreter": _python(), "ansible_connection": "local"},
+        "tasks": [{"name": f"case {i}", module: args, "ignore_errors": True}
+                  for i, args in enumerate(cases)],
+    }]
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", prefix="lxvm-cases-") as f:
+        json.dump(plays, f)  # JSON is YAML
+        f.flush()
+        doc = playbook(f.name, check=check)
+    results = dict(task_results(doc))
+    missing = [i for i in range(len(cases)) if f"case {i}" not in results]
+    assert not missing, f"cases {missing} did not run: {doc['stderr'][-2000:]}"
+    return [results[f"case {i}"] for i in range(len(cases))]

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from libvirt_helpers import REPO, adhoc, libvirt_uri  # noqa: F401 - fixture
+from libvirt_helpers import REPO, adhoc, adhoc_many, libvirt_uri  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
@@ -199,13 +199,20 @@ def test_running_vm_restarts_on_change_when_asked(libvirt_uri: str, test_image: 
     assert not os.path.exists(disk["path"])
 
 
-@pytest.mark.parametrize("bad", ["../lxvm-x", "lxvm x", "lxvm'x", "lxvm\nx", "lxvm;reboot",
-                                 "$(touch /tmp/lxvm-pwned)", "lxvm/x"])
-def test_bad_names_never_reach_libvirt(libvirt_uri: str, store: str, bad: str) -> None:  # noqa: F811
-    r = adhoc("lxcloud.cloud.vm", {"name": bad, "uri": libvirt_uri, "virt_type": "qemu",
-                                   "disk": os.path.join(store, "x.qcow2"), "network": "user",
-                                   "storage_dir": store, "state": "defined"})
-    assert r.get("failed") and r["item"] == "vm name", r
+BAD_NAMES = ["../lxvm-x", "lxvm x", "lxvm'x", 'lxvm"x', "lxvm\nx", "lxvm;reboot",
+             "$(touch /tmp/lxvm-pwned)", "lxvm/x", "lxvm`id`", "lxvm&x", "\u00fcml", ""]
+
+
+def test_bad_names_never_reach_libvirt(libvirt_uri: str, store: str) -> None:  # noqa: F811
+    results = adhoc_many("lxcloud.cloud.vm", [
+        {"name": bad, "uri": libvirt_uri, "virt_type": "qemu",
+         "disk": os.path.join(store, "x.qcow2"), "network": "user", "storage_dir": store,
+         "state": state}
+        for bad, state in [(b, "defined") for b in BAD_NAMES] + [(BAD_NAMES[0], "absent"),
+                                                                 (BAD_NAMES[5], "running")]
+    ])
+    for r in results:
+        assert r.get("failed") and r["item"] == "vm name", r
     assert not os.path.exists("/tmp/lxvm-pwned")
     assert os.listdir(store) == []
 
