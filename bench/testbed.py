@@ -43,6 +43,7 @@ def main() -> int:
     ansible_env = {**env, "ANSIBLE_CONFIG": str(tb_dir / "ansible.cfg"),
                    "ANSIBLE_DEPRECATION_WARNINGS": "False"}
     rows: list[tuple[str, float]] = []
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     try:
         rows.append(("up 3 (cold: new dir, probes qemu once)", timed([*TESTBED, "up", "3"], env)))
         rows.append(("up 3 again (no-op)", timed([*TESTBED, "up", "3"], env)))
