@@ -989,6 +989,7 @@ def namespace_memory_kib(h: Host) -> dict[str, int]:
 # -- inside a host: runs as `ip netns exec H unshare -m -u ... testbed.py _host-init H` --------
 MS_BIND = 4096
 MNT_DETACH = 2
+LOOP_MAJOR = 7
 
 
 def _libc_call(fn: str, *args: object) -> None:
@@ -1004,15 +1005,13 @@ def host_init(tb: Testbed, name: str) -> None:
         raise TestbedError(f"bad host name {name!r}")
     h = tb.host(int(m.group(1)))
     socket.sethostname(h.name)
-    # Other people's block-device mounts (loop-backed filesystems) copied into this private
-    # namespace would stay busy after they unmount them: drop them here.
+    # Loop-backed filesystems mounted elsewhere on the machine, copied into this private
+    # namespace, would stay busy here after their owner unmounts them: drop them.
     with open("/proc/self/mountinfo") as f:
         infos = [line.split() for line in f]
     for fields in reversed(infos):
         target, majmin = fields[4], fields[2]
-        if target != "/" and not majmin.startswith("0:") and not target.startswith(
-            ("/proc", "/sys", "/dev")
-        ):
+        if majmin.startswith(f"{LOOP_MAJOR}:") and target != "/":
             try:
                 _libc_call("umount2", target.encode(), MNT_DETACH)
             except OSError as exc:

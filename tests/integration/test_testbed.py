@@ -191,8 +191,19 @@ def _leftovers(tb_dir: Path, prefix: str, bridge: str) -> list[str]:
     return found
 
 
+def _loop_mount(tmp: Path) -> tuple[Path, str]:
+    img, mnt = tmp / "fs.img", tmp / "mnt"
+    subprocess.run(["truncate", "-s", "8M", str(img)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", str(img)], check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True)
+    dev = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mnt)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    return mnt, dev
+
+
 @pytest.mark.slow
-def test_lifecycle_up_grow_shape_down_leaves_nothing() -> None:
+def test_lifecycle_up_grow_shape_down_leaves_nothing(tmp_path: Path) -> None:
     tb_dir = REPO / ".testbed" / f"selftest-{os.getpid()}"
     env = {**PRIVATE, "LXCLOUD_TESTBED_DIR": str(tb_dir)}
     if subprocess.run(["ip", "link", "show", PRIVATE["LXCLOUD_TESTBED_BRIDGE"]],
@@ -203,6 +214,9 @@ def test_lifecycle_up_grow_shape_down_leaves_nothing() -> None:
         skip_or_fail(problem)
     tb_dir.mkdir(parents=True)
     tb: Testbed | None = None
+    # Someone else's loop-mounted filesystem while hosts are created: the hosts must not keep
+    # it busy once its owner unmounts it (their loop device must be released).
+    mnt, loopdev = _loop_mount(tmp_path) if shutil.which("mkfs.ext4") else (None, "")
     try:
         t0 = time.monotonic()
         res = subprocess.run(
@@ -214,6 +228,13 @@ def test_lifecycle_up_grow_shape_down_leaves_nothing() -> None:
         print(f"private testbed up 2: {time.monotonic() - t0:.2f}s")
         tb = Testbed(tb_dir, env)
         assert [h.name for h in tb.hosts] == ["lxt1", "lxt2"]
+        if mnt:
+            subprocess.run(["umount", str(mnt)], check=True)
+            mnt = None
+            time.sleep(0.2)
+            loops = subprocess.run(["losetup", "-l", "-n", "-O", "NAME"], capture_output=True,
+                                   text=True).stdout.split()
+            assert loopdev not in loops, f"{loopdev} still held after umount"
         first = {r["host"]: r for r in tb.status()["hosts"]}
         assert all(r["ssh"] and r["libvirtd"] and r["rate"] == "20Mbit" for r in first.values())
 
@@ -265,6 +286,8 @@ def test_lifecycle_up_grow_shape_down_leaves_nothing() -> None:
         sleeper = subprocess.Popen(["ssh", "-F", str(tb.ssh_config), "lxt2", "sleep", "600"],
                                    stdin=subprocess.DEVNULL)
     finally:
+        if mnt:
+            subprocess.run(["umount", str(mnt)], check=False)
         t0 = time.monotonic()
         subprocess.run(["/usr/bin/python3", str(REPO / "testbed" / "testbed.py"), "down",
                         "--purge"], env={**os.environ, **env}, timeout=300, check=False)
