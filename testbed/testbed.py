@@ -521,9 +521,17 @@ class Testbed:
                 time.sleep(0.02)
         raise TestbedError(f"{h.name}: sshd did not listen on {h.ip}:22 within {timeout}s")
 
+    def host_daemon_pid(self, h: Host, pidfile: Path) -> int | None:
+        """The pid in pidfile if that process lives and runs inside the host."""
+        pid = read_pid(pidfile)
+        if not pid_alive(pid):
+            return None
+        if ns_inode(f"/proc/{pid}/ns/net") != ns_inode(f"/run/netns/{h.name}"):
+            return None
+        return pid
+
     def libvirtd_pid(self, h: Host) -> int | None:
-        pid = read_pid(h.libvirtd_pidfile)
-        return pid if pid_alive(pid) else None
+        return self.host_daemon_pid(h, h.libvirtd_pidfile)
 
     def _caps_template(self) -> Path:
         d = self.dir / "libvirt-caps"
@@ -535,11 +543,11 @@ class Testbed:
         if not sshd:
             raise TestbedError(f"{h.name}: sshd is not running")
         enter = ["nsenter", "-t", str(sshd), "-m", "-u", "-n", "--"]
-        if not pid_alive(read_pid(h.virtlogd_pidfile)):
+        if not self.host_daemon_pid(h, h.virtlogd_pidfile):
             run([*enter, "virtlogd", "-d"], env=CLEAN_ENV, cwd="/")
         if self.libvirtd_pid(h):
             return
-        # libvirt probes qemu (~12 s) on a host's first call unless its cache holds the result:
+        # libvirt probes qemu (1-12 s) on a host's first call unless its cache holds the result:
         # seed it with the probe of the first host (same binaries, same kernel, no /dev/kvm).
         caps = h.path("var-cache-libvirt") / "qemu" / "capabilities"
         if any(seed.glob("*.xml")) and not (caps.is_dir() and any(caps.glob("*.xml"))):
