@@ -106,7 +106,8 @@ class Strategy:
     def __init__(self, image: RepoImage, hosts: list[Host], progress: Progress, *,
                  timeout: float = 10.0, deadline: float = 3600.0, port: int = 7420,
                  peer_key: str | None = None, repo_address: str | None = None,
-                 sndbuf: int = 0, rate: float = 0) -> None:
+                 sndbuf: int = 0, rate: float = 0,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.image = image
         self.hosts = hosts
         self.by_name = {h.name: h for h in hosts}
@@ -118,6 +119,7 @@ class Strategy:
         self.repo_address = repo_address
         self.sndbuf = sndbuf
         self.rate = rate
+        self.hook = on_event
         self.agents: dict[str, Agent] = {}
         self.cv = threading.Condition()
 
@@ -128,6 +130,8 @@ class Strategy:
                 self.image.sha256, "--interval", "0.5", "--timeout", str(self.timeout)]
 
     def on_event(self, host: str, ev: dict[str, Any]) -> None:
+        if self.hook is not None:
+            self.hook(host, ev)
         kind = ev.get("ev")
         if host == REPO:
             if kind == "dead":
@@ -336,8 +340,9 @@ class Torrent(Strategy):
         self.agents[REPO] = Agent(REPO, agent_argv(None, [
             "torrent", *self.common_args(None), "--torrent-hex", blob,
             "--listen-port", "6881"]), self.on_event)
+        rate = ["--rate", str(self.rate)] if self.rate else []
         self.start_agents(lambda h: ["torrent", *self.common_args(h), "--torrent-hex", blob,
-                                     "--listen-port", str(h.relay_port or 6881)])
+                                     "--listen-port", str(h.relay_port or 6881), *rate])
         self.wait_all()
 
     def cleanup(self) -> None:

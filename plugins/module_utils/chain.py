@@ -268,6 +268,7 @@ class Relay:
         self.sender = None
         self.complete = threading.Event()
         self.ok = None
+        self.mismatch = None
         self.t0 = None
         self.last_data = time.monotonic()
 
@@ -282,7 +283,7 @@ class Relay:
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         ls.bind((addr, port))
         ls.listen(8)
-        emit(ev="listening", addr=a.listen)
+        emit(ev="listening", addr=a.listen, pid=os.getpid())
         threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
         threading.Thread(target=self._progress, daemon=True).start()
         threading.Thread(target=self._heartbeat, daemon=True).start()
@@ -295,15 +296,22 @@ class Relay:
             if deadline and time.monotonic() > deadline:
                 self._fail("deadline of %ds passed" % a.deadline)
                 break
-        if self.ok:
+        if self.ok or self.mismatch:
+            # every byte arrived (good or not): the rest of the chain still gets them and
+            # judges for itself; the upstream learns that this part of the chain is done
             if self.sender:
                 self.sender.join()
             self._send_upstream({"done": True})
             time.sleep(0.2)
-        emit(ev="done", ok=bool(self.ok), bytes=self.image.have, sha256=self.image.hash.hexdigest(),
+        if self.mismatch:
+            with contextlib.suppress(OSError):
+                os.unlink(self.part)
+        emit(ev="done", ok=bool(self.ok), bytes=self.image.have,
+             sha256=self.image.hash.hexdigest(),
              seconds=round(time.monotonic() - (self.t0 or time.monotonic()), 3),
              forwarded_to=(self.sender.sent_to if self.sender else []),
-             dead=(self.sender.dead if self.sender else []), error=self.image.failed)
+             dead=(self.sender.dead if self.sender else []),
+             error=self.image.failed or self.mismatch)
         return 0 if self.ok else 1
 
     def _fail(self, reason):
@@ -415,11 +423,11 @@ class Relay:
             emit(ev="verified", ok=True, bytes=self.image.have, sha256=digest,
                  seconds=round(time.monotonic() - self.t0, 3))
         else:
-            self.image.failed = "sha256 mismatch: got %s, expected %s" % (digest,
-                                                                          self.image.sha256)
-            with contextlib.suppress(OSError):
-                os.unlink(self.part)
+            # F.part is removed once the sender has forwarded it
+            self.mismatch = "sha256 mismatch: got %s, expected %s" % (digest, self.image.sha256)
             self.ok = False
+            emit(ev="verified", ok=False, bytes=self.image.have, sha256=digest,
+                 error=self.mismatch, seconds=round(time.monotonic() - self.t0, 3))
         self.complete.set()
 
 
@@ -494,7 +502,7 @@ def cmd_watch(args):
     d = os.path.dirname(os.path.abspath(args.file))
     if not os.path.isdir(d):
         os.makedirs(d, 0o755)
-    emit(ev="listening")
+    emit(ev="listening", pid=os.getpid())
     t0 = time.monotonic()
     try:
         digest = _hash_growing(part, args.size, args.sha256, args.interval, args.idle_timeout,
@@ -544,9 +552,11 @@ def cmd_torrent(args):
     extra = []
     if args.listen_port:
         extra.append("--listen-port=%d" % args.listen_port)
+    if args.rate:
+        extra.append("--max-overall-download-limit=%d" % int(args.rate))
     proc = subprocess.Popen(aria2c_argv(torrent, directory, extra), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    emit(ev="listening")
+    emit(ev="listening", pid=os.getpid(), aria2c_pid=proc.pid)
     t0 = time.monotonic()
     state = {"done": False}
 
