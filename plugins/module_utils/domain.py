@@ -43,6 +43,7 @@ except ImportError as exc:  # pragma: no cover - depends on the host
 UUID_NAMESPACE = uuidlib.UUID("5b0d7a52-8d7e-4c1a-9a43-6c78636c6f75")  # lxcloud's namespace
 VIRT_TYPES = ("kvm", "qemu", "xen")
 MAX_CMDLINE = 2048
+CPU_MODES = (None, "host-passthrough", "host-model", "maximum")
 
 # virDomainState values (stable libvirt ABI), so this module works without the bindings too
 STATE_NAMES = {
@@ -79,7 +80,8 @@ def _text_ok(value, what, maxlen):
 
 def make_spec(name, disk, disk_format="qcow2", vcpus=1, memory_mb=512, virt_type="kvm",
               uuid=None, context=None, kernel=None, initrd=None, cmdline=None, mac=None,
-              bridge=None, network=None, user_subnet=None, console_log=None, arch="x86_64"):
+              bridge=None, network=None, user_subnet=None, console_log=None, arch="x86_64",
+              cpu_mode=None):
     """Validate the options and return the managed-fields dict (the comparison unit)."""
     validate_name(name, "vm name")
     if virt_type not in VIRT_TYPES:
@@ -97,6 +99,9 @@ def make_spec(name, disk, disk_format="qcow2", vcpus=1, memory_mb=512, virt_type
         raise InvalidName("memory_mb", memory_mb, "must be 16..4194304")
     if arch != "x86_64" and arch not in ("aarch64", "i686"):
         raise InvalidName("arch", arch, "must be x86_64, aarch64 or i686")
+    if cpu_mode not in CPU_MODES:
+        raise InvalidName("cpu_mode", cpu_mode, "must be host-passthrough, host-model or "
+                                                "maximum (or unset)")
     disk = validate_abs_path(disk, "disk")
     spec = {
         "type": virt_type,
@@ -113,6 +118,7 @@ def make_spec(name, disk, disk_format="qcow2", vcpus=1, memory_mb=512, virt_type
         "context": validate_abs_path(context, "context") if context else None,
         "nic": None,
         "console_log": validate_abs_path(console_log, "console_log") if console_log else None,
+        "cpu_mode": cpu_mode,
     }
     if (spec["initrd"] or spec["cmdline"]) and not spec["kernel"]:
         raise InvalidName("kernel", None, "initrd and cmdline need kernel (direct kernel boot)")
@@ -167,6 +173,8 @@ def build_xml(spec):
         _sub(os_el, "boot", dev="hd")
     features = _sub(dom, "features")
     _sub(features, "acpi")
+    if spec.get("cpu_mode"):
+        _sub(dom, "cpu", mode=spec["cpu_mode"])
     _sub(dom, "on_poweroff", "destroy")
     _sub(dom, "on_reboot", "restart")
     _sub(dom, "on_crash", "destroy")
@@ -246,7 +254,11 @@ def parse_xml(xml):
         "context": None,
         "nic": None,
         "console_log": None,
+        "cpu_mode": None,
     }
+    cpu = dom.find("cpu")
+    if cpu is not None and cpu.get("mode") in CPU_MODES:
+        spec["cpu_mode"] = cpu.get("mode")
     devices = dom.find("devices")
     if devices is None:
         devices = ET.Element("devices")

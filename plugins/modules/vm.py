@@ -47,6 +47,12 @@ options:
     type: str
     choices: [kvm, qemu, xen]
     default: kvm
+  cpu_mode:
+    description:
+      - CPU model mode, e.g. C(host-passthrough) for batch nodes on real KVM hosts. Unset,
+        libvirt's default model (what software emulation needs).
+    type: str
+    choices: [host-passthrough, host-model, maximum]
   uuid:
     description:
       - UUID of a new domain. Default, derived from the name. An existing domain keeps its UUID.
@@ -235,6 +241,7 @@ def main():
             uri=dict(type="str", default="qemu:///system"),
             virt_type=dict(type="str", default="kvm", choices=["kvm", "qemu", "xen"]),
             uuid=dict(type="str"),
+            cpu_mode=dict(type="str", choices=["host-passthrough", "host-model", "maximum"]),
             vcpus=dict(type="int", default=1),
             memory_mb=dict(type="int", default=512),
             disk=dict(type="path"),
@@ -278,7 +285,7 @@ def main():
                 memory_mb=p["memory_mb"], virt_type=p["virt_type"], uuid=p["uuid"],
                 context=p["context"], kernel=p["kernel"], initrd=p["initrd"],
                 cmdline=p["cmdline"], mac=p["mac"], bridge=p["bridge"], network=p["network"],
-                user_subnet=p["user_subnet"], console_log=console_log,
+                user_subnet=p["user_subnet"], console_log=console_log, cpu_mode=p["cpu_mode"],
             )
         conn = D.connect(p["uri"])
         result = D.ensure(

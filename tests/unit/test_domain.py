@@ -34,6 +34,9 @@ def test_build_parse_round_trip() -> None:
                 console_log=None, disk="/dev/vg0/lxvm-1", disk_format="raw")
     assert bare["disk"]["type"] == "block"
     assert D.parse_xml(D.build_xml(bare)) == bare
+    kvm = spec(virt_type="kvm", cpu_mode="host-passthrough")
+    assert D.parse_xml(D.build_xml(kvm)) == kvm
+    assert '<cpu mode="host-passthrough" />' in D.build_xml(kvm)
 
 
 def test_xml_shape() -> None:
@@ -68,6 +71,7 @@ def test_managed_fields_of_libvirt_expanded_xml() -> None:
     assert got["nic"] == {"mode": "bridge", "mac": "52:54:00:2c:94:87", "bridge": "br0",
                           "subnet": None}
     assert got["console_log"] == "/var/tmp/lxvm-manual/lxvm-x.console.log"
+    assert got["cpu_mode"] is None  # libvirt's <cpu mode='custom'> default model
     want = D.make_spec(
         name="lxvm-x", disk="/var/tmp/lxvm-manual/x.qcow2", context="/var/tmp/lxvm-manual/x.iso",
         virt_type="qemu", kernel="/boot/vmlinuz-6.1.0-56-amd64",
@@ -116,6 +120,7 @@ def test_stable_uuid() -> None:
         ({"memory_mb": 1}, "memory_mb"),
         ({"vcpus": 0}, "vcpus"),
         ({"uuid": "nope"}, "uuid"),
+        ({"cpu_mode": "host'"}, "cpu_mode"),
         ({"bridge": None, "network": "user", "user_subnet": {"address": "10.0.2"}},
          "user_subnet.address"),
         ({"console_log": "/tmp/x\0"}, "console_log"),
