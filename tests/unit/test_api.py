@@ -152,7 +152,10 @@ def make_running(store: Store, vm_id: int, host_id: int, lcm: LCMState = LCMStat
     """What the scheduler and executor do: bind a lease and the host, run it."""
     with store.transaction() as conn:
         lease_id = conn.execute(
-            select(schema.leases.c.id).where(schema.leases.c.vm_id.is_(None)).limit(1)
+            select(schema.leases.c.id)
+            .where(schema.leases.c.vm_id.is_(None))
+            .order_by(schema.leases.c.id)
+            .limit(1)
         ).scalar_one()
         assert leases.claim_lease(conn, lease_id, vm_id)
         conn.execute(
