@@ -324,10 +324,11 @@ def report_image(store: Store, host: str, image: str, version: str, sha256: str,
         return int(row.id)
 
 
-def mark_stale(store: Store, at: float, interval: float, missed: int) -> list[tuple[int, str]]:
-    """Hosts that have not reported for more than ``missed`` intervals (counted from their last
-    report, or from their creation if they never reported) go to ERROR; returns (id, name)."""
-    limit = at - interval * missed
+def mark_stale(store: Store, now: float, interval: float, missed: int) -> list[tuple[int, str]]:
+    """At time ``now``, hosts that have not reported for more than ``missed`` intervals
+    (counted from their last report, or from their creation if they never reported) go to
+    ERROR, with a history record; returns their (id, name)."""
+    limit = now - interval * missed
     seen = func.coalesce(_H.c.last_seen, _H.c.created)
     marked: list[tuple[int, str]] = []
     with store.transaction() as conn:
@@ -342,7 +343,7 @@ def mark_stale(store: Store, at: float, interval: float, missed: int) -> list[tu
                 conn,
                 row,
                 HostState.ERROR,
-                f"no report for {at - last:.0f} s ({missed} intervals of {interval:g} s)",
+                f"no report for {now - last:.0f} s ({missed} intervals of {interval:g} s)",
             )
             marked.append((int(row.id), str(row.name)))
     return marked
