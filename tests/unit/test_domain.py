@@ -157,7 +157,7 @@ class FakeDom:
     def state(self):
         return [self.states[0] if len(self.states) == 1 else self.states.pop(0), 0]
 
-    def shutdownFlags(self, flags):
+    def shutdown(self):
         self.calls.append("shutdown")
 
     def destroy(self):

@@ -1,0 +1,129 @@
+"""domain.ensure() against libvirt's in-process test driver (test:///default): the lifecycle
+logic — check mode, define, in-place update with the same UUID, pending restart, restart on
+change, graceful stop, absent with storage — without a daemon or qemu."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from ansible_collections.lxcloud.cloud.plugins.module_utils import domain as D
+
+libvirt = pytest.importorskip("libvirt", reason="libvirt Python bindings missing")
+
+
+@pytest.fixture
+def conn():
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    c = libvirt.open("test:///default")
+    yield c
+    for dom in c.listAllDomains():
+        if dom.name().startswith("lxvm-"):
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    c.close()
+
+
+@pytest.fixture
+def name() -> str:
+    return "lxvm-" + uuid.uuid4().hex[:8]
+
+
+def want(name, store, **kw):
+    args = dict(name=name, disk=f"{store}/{name}.qcow2", context=f"{store}/{name}.iso",
+                virt_type="qemu", memory_mb=256, network="user", mac="52:54:00:00:00:01",
+                console_log=f"{store}/{name}.console.log")
+    args.update(kw)
+    return D.make_spec(**args)
+
+
+def test_define_check_mode_then_real_then_no_change(conn, name, tmp_path) -> None:
+    w = want(name, tmp_path)
+    r = D.ensure(conn, name, w, "defined", check_mode=True)
+    assert r["changed"] and r["changes"] == ["defined"] and r["state"] == "shutoff"
+    assert D.lookup(conn, name) is None
+    r = D.ensure(conn, name, w, "defined")
+    assert r["changed"] and r["uuid"] == D.stable_uuid(name)
+    assert D.lookup(conn, name).UUIDString() == D.stable_uuid(name)
+    assert r["diff"]["before"] == "state: absent\n"
+    assert f"<name>{name}</name>" in r["diff"]["after"]
+    for check in (True, False):
+        r = D.ensure(conn, name, w, "defined", check_mode=check)
+        assert r["changed"] is False and r["changes"] == [], r
+
+
+def test_update_in_place_keeps_uuid_and_reports_the_field(conn, name, tmp_path) -> None:
+    D.ensure(conn, name, want(name, tmp_path), "defined")
+    u = D.lookup(conn, name).UUIDString()
+    r = D.ensure(conn, name, want(name, tmp_path, memory_mb=512, vcpus=2), "defined",
+                 check_mode=True)
+    assert r["changed"] and r["changes"] == ["memory_mb", "vcpus"]
+    assert D.parse_xml(D.inactive_xml(D.lookup(conn, name)))["memory_mb"] == 256
+    r = D.ensure(conn, name, want(name, tmp_path, memory_mb=512, vcpus=2), "defined")
+    assert r["changed"] and r["uuid"] == u
+    dom = D.lookup(conn, name)
+    assert dom.UUIDString() == u
+    assert D.parse_xml(D.inactive_xml(dom))["memory_mb"] == 512
+
+
+def test_explicit_uuid_conflict_is_an_error(conn, name, tmp_path) -> None:
+    D.ensure(conn, name, want(name, tmp_path), "defined")
+    other = str(uuid.uuid4())
+    with pytest.raises(D.DomainError, match="exists with uuid"):
+        D.ensure(conn, name, want(name, tmp_path, uuid=other), "defined", uuid_given=True)
+
+
+def test_running_pending_restart_and_restart_on_change(conn, name, tmp_path) -> None:
+    r = D.ensure(conn, name, want(name, tmp_path), "running")
+    assert r["changed"] and r["changes"] == ["defined", "started"] and r["state"] == "running"
+    assert D.ensure(conn, name, want(name, tmp_path), "running")["changed"] is False
+    r = D.ensure(conn, name, want(name, tmp_path, memory_mb=384), "running")
+    assert r["changed"] and r["pending_restart"] and r["state"] == "running"
+    # the persistent definition now matches: no change, but still pending
+    r = D.ensure(conn, name, want(name, tmp_path, memory_mb=384), "running")
+    assert r["changed"] is False and r["pending_restart"] is True
+    r = D.ensure(conn, name, want(name, tmp_path, memory_mb=384), "running",
+                 restart_on_change=True, shutdown_timeout=5)
+    assert r["changed"] and "restarted" in r["changes"] and not r["pending_restart"]
+    assert D.parse_xml(D.live_xml(D.lookup(conn, name)))["memory_mb"] == 384
+
+
+def test_stopped_waits_for_graceful_shutdown(conn, name, tmp_path) -> None:
+    D.ensure(conn, name, want(name, tmp_path), "running")
+    r = D.ensure(conn, name, None, "stopped", check_mode=True, shutdown_timeout=5)
+    assert r["changed"] and D.lookup(conn, name).isActive()
+    r = D.ensure(conn, name, None, "stopped", shutdown_timeout=5)
+    assert r["changed"] and r["state"] == "shutoff" and r["forced_off"] is False
+    assert not D.lookup(conn, name).isActive()
+    assert D.ensure(conn, name, None, "stopped")["changed"] is False
+    r = D.ensure(conn, name, None, "running")
+    assert r["changed"] and r["changes"] == ["started"]
+
+
+def test_running_without_definition_needs_options(conn, name) -> None:
+    with pytest.raises(D.DomainError, match="does not exist; give disk"):
+        D.ensure(conn, name, None, "running")
+
+
+def test_absent_removes_domain_and_only_managed_storage(conn, name, tmp_path) -> None:
+    store = tmp_path / "disks"
+    store.mkdir()
+    outside = tmp_path / "golden.raw"
+    outside.write_text("golden")
+    w = want(name, store, context=str(outside))
+    for f in (f"{name}.qcow2", f".{name}.qcow2.lxclone", f"{name}.console.log"):
+        (store / f).write_text("x")
+    D.ensure(conn, name, w, "running")
+    r = D.ensure(conn, name, None, "absent", check_mode=True, storage_dir=str(store))
+    assert r["changed"] and D.lookup(conn, name) is not None and (store / f"{name}.qcow2").exists()
+    r = D.ensure(conn, name, None, "absent", storage_dir=str(store))
+    assert r["changed"] and r["state"] == "absent" and r["forced_off"] is True
+    assert r["removed"] == [str(store / f"{name}.qcow2")]
+    assert D.lookup(conn, name) is None
+    assert outside.read_text() == "golden", "a file outside storage_dir was removed"
+    assert sorted(p.name for p in store.iterdir()) == [f"{name}.console.log"]
+    r = D.ensure(conn, name, None, "absent", storage_dir=str(store), remove_console_log=True,
+                 console_log=str(store / f"{name}.console.log"))
+    assert r["changed"] and list(store.iterdir()) == []
+    assert D.ensure(conn, name, None, "absent", storage_dir=str(store))["changed"] is False
