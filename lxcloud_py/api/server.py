@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import socketserver
+import threading
 import time
 from typing import Any
 from xmlrpc.client import Fault
@@ -42,6 +43,7 @@ log = logging.getLogger("lxcloud.api")
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 30.0
+DEFAULT_MAX_THREADS = 32
 METHOD_NOT_FOUND = -506
 
 
@@ -197,18 +199,25 @@ class RequestHandler(SimpleXMLRPCRequestHandler):
 
 
 class ApiServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
-    """Threaded XML-RPC server; in-flight requests finish on ``server_close``."""
+    """Threaded XML-RPC server; in-flight requests finish on ``server_close``.
+
+    At most ``max_threads`` requests are handled at once (each holds a database connection);
+    further connections wait in the listen backlog until a handler finishes.
+    """
 
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
+    request_queue_size = 128
 
     def __init__(
         self,
         store: Store,
         address: tuple[str, int],
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_threads: int = DEFAULT_MAX_THREADS,
     ) -> None:
+        self._slots = threading.BoundedSemaphore(max_threads)
         super().__init__(
             address,
             requestHandler=RequestHandler,
@@ -220,6 +229,20 @@ class ApiServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         self.dispatcher = Dispatcher(store)
         # No allow_dotted_names: the dispatcher resolves names itself.
         self.register_instance(self.dispatcher)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def port(self) -> int:

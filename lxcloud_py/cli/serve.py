@@ -6,6 +6,7 @@ Settings come from the ``api`` section of the config file (``--config`` or
     api:
       listen: 127.0.0.1:2633
       max_request_bytes: 1048576
+      max_threads: 32           # requests handled at once (each holds a DB connection)
       monitor_interval: 60      # seconds between host heartbeats
       missed_intervals: 3       # a host silent for this many intervals goes to ERROR
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from lxcloud_py import hosts
 from lxcloud_py.api import ApiServer, parse_listen
-from lxcloud_py.api.server import DEFAULT_MAX_REQUEST_BYTES
+from lxcloud_py.api.server import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_THREADS
 from lxcloud_py.config import load_config
 from lxcloud_py.model import InvalidInput
 from lxcloud_py.store import Store
@@ -35,6 +36,7 @@ log = logging.getLogger("lxcloud.serve")
 DEFAULTS: dict[str, Any] = {
     "listen": "127.0.0.1:2633",
     "max_request_bytes": DEFAULT_MAX_REQUEST_BYTES,
+    "max_threads": DEFAULT_MAX_THREADS,
     "monitor_interval": 60.0,
     "missed_intervals": 3,
 }
@@ -45,6 +47,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config (default: $LXCLOUD_CONFIG)")
     p.add_argument("--listen", metavar="HOST:PORT", help="default 127.0.0.1:2633")
     p.add_argument("--max-request-bytes", type=int, metavar="N", help="default 1 MiB")
+    p.add_argument("--max-threads", type=int, metavar="N", help="concurrent requests, default 32")
     p.add_argument("--monitor-interval", type=float, metavar="S", help="host heartbeat interval")
     p.add_argument(
         "--missed-intervals", type=int, metavar="N", help="missed heartbeats before ERROR"
@@ -68,6 +71,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         raise InvalidInput("missed_intervals must be a positive integer")
     if not isinstance(out["max_request_bytes"], int) or out["max_request_bytes"] < 4096:
         raise InvalidInput("max_request_bytes must be an integer of at least 4096")
+    if not isinstance(out["max_threads"], int) or not 1 <= out["max_threads"] <= 1024:
+        raise InvalidInput("max_threads must be an integer from 1 to 1024")
     out["address"] = parse_listen(str(out["listen"]))
     return out
 
@@ -88,7 +93,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
         logging.getLogger("lxcloud").setLevel(logging.INFO)
     store = Store(args.db)
-    server = ApiServer(store, conf["address"], max_request_bytes=conf["max_request_bytes"])
+    server = ApiServer(
+        store,
+        conf["address"],
+        max_request_bytes=conf["max_request_bytes"],
+        max_threads=conf["max_threads"],
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

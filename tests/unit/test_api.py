@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import logging
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 import xmlrpc.client
@@ -684,3 +685,42 @@ def test_vm_token_from_allocation(api: Api) -> None:
     assert api.fail("one.vm.action", "poweroff-hard", vm_id, session=me)[0] == ACTION
     assert api.call("one.vm.action", "terminate-hard", vm_id, session=me) == vm_id
     assert vm_xml(api, vm_id).findtext("STATE") == str(int(VMState.DONE))
+
+
+def test_concurrent_handlers_are_bounded(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lxcloud_py import hosts
+
+    server = ApiServer(api.store, ("127.0.0.1", 0), max_threads=2)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    lock = threading.Lock()
+    now_running, peak = [0], [0]
+
+    def slow_heartbeat(store: Store, name: str, info: Any = None) -> int:
+        with lock:
+            now_running[0] += 1
+            peak[0] = max(peak[0], now_running[0])
+        time.sleep(0.1)
+        with lock:
+            now_running[0] -= 1
+        return 7
+
+    monkeypatch.setattr(hosts, "heartbeat", slow_heartbeat)
+    replies: list[Any] = []
+
+    def client() -> None:
+        proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{server.port}/RPC2")
+        replies.append(proxy.lxcloud.host.heartbeat(ADMIN, "hv1", {}))
+
+    try:
+        clients = [threading.Thread(target=client) for _ in range(6)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(30)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert replies == [[True, 7, 0]] * 6
+    assert peak[0] == 2
