@@ -21,6 +21,9 @@ import re
 import shutil
 import tempfile
 
+from ansible_collections.lxcloud.cloud.plugins.module_utils.disk_backends import (
+    remove_stale_temps,
+)
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     validate_abs_path,
     validate_name,
@@ -135,6 +138,7 @@ def write_iso(run, spec, text):
     """Build the ISO in a temp dir next to the target and rename it into place."""
     if not os.path.isdir(spec.directory):
         raise ContextError("context directory %s does not exist" % spec.directory)
+    remove_stale_temps(spec.directory, spec.name)
     work = tempfile.mkdtemp(prefix=".%s.tmp-" % spec.name, dir=spec.directory)
     try:
         src = os.path.join(work, "src")

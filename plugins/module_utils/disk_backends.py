@@ -21,6 +21,7 @@ __metaclass__ = type
 
 import json
 import os
+import shutil
 import tempfile
 
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
@@ -213,6 +214,26 @@ def mismatch(spec, state):
     return None
 
 
+def remove_stale_temps(directory, name):
+    """Remove ``.NAME.tmp-*`` left behind by an interrupted run (a killed process cannot clean
+    up after itself); returns the paths removed."""
+    removed = []
+    prefix = ".%s.tmp-" % name
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.startswith(prefix):
+            path = os.path.join(directory, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _unlink(path)
+            removed.append(path)
+    return removed
+
+
 def _tmp_name(spec):
     fd, tmp = tempfile.mkstemp(prefix=".%s.tmp-" % spec.name, dir=spec.directory)
     os.close(fd)
@@ -223,6 +244,7 @@ def create_file_clone(run, spec, base_format):
     """Create the clone under a temporary name and rename it into place."""
     if not os.path.isdir(spec.directory):
         raise DiskError("disk directory %s does not exist" % spec.directory)
+    remove_stale_temps(spec.directory, spec.name)
     tmp = _tmp_name(spec)
     try:
         if spec.backend == "qcow2":
@@ -395,6 +417,8 @@ def ensure_absent(run, spec, check_mode=False):
         before = None
         if os.path.lexists(spec.path) or os.path.lexists(record_path(spec.path)):
             before = {"path": spec.path, "backend": spec.backend}
+        if not check_mode:
+            remove_stale_temps(spec.directory, spec.name)
     if before is None:
         return False, None, None
     if not check_mode:

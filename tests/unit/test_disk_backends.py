@@ -299,3 +299,22 @@ def test_clone_spec_refuses_bad_vg_and_base() -> None:
         db.CloneSpec("x", "qcow2", "/img/a b.raw", directory="/d")
     with pytest.raises(InvalidName, match="backend"):
         db.CloneSpec("x", "zfs", "/img/a.raw", directory="/d")
+
+
+def test_stale_temps_of_an_interrupted_run_are_removed(tmp_path) -> None:
+    base = tmp_path / "g.raw"
+    base.write_bytes(b"x")
+    (tmp_path / ".c.raw.tmp-abc123").write_bytes(b"partial")
+    (tmp_path / ".c.raw.tmp-dir").mkdir()
+    (tmp_path / ".other.tmp-1").write_bytes(b"keep")
+
+    def cp(argv):
+        with open(argv[-1], "wb") as f:
+            f.write(b"x")
+        return (0, "", "")
+
+    run = FakeRun([(lambda a: a[:2] == ["qemu-img", "info"], (0, '{"format": "raw"}', "")),
+                   (lambda a: a[0] == "cp", cp)])
+    spec = db.CloneSpec("c.raw", "copy", str(base), directory=str(tmp_path))
+    db.ensure_present(run, spec)
+    assert sorted(os.listdir(tmp_path)) == [".c.raw.lxclone", ".other.tmp-1", "c.raw", "g.raw"]
