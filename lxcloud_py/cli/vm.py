@@ -54,7 +54,7 @@ def vm_rows(rows: list[dict[str, Any]]) -> list[list[object]]:
             vms.state_text(v),
             (v["host"] or {}).get("name", "-"),
             (v["lease"] or {}).get("ip", "-"),
-            v["cpu"],
+            f"{v['cpu']:g}",
             v["memory_mb"],
             v["image_name"] or "-",
             _when(v["created"]),
