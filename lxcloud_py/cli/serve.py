@@ -24,12 +24,15 @@ import threading
 import time
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
 from lxcloud_py import hosts
 from lxcloud_py.api import ApiServer, parse_listen
 from lxcloud_py.api.server import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_THREADS
 from lxcloud_py.config import load_config
 from lxcloud_py.model import InvalidInput
-from lxcloud_py.store import Store
+from lxcloud_py.store import Store, schema
 
 log = logging.getLogger("lxcloud.serve")
 
@@ -87,12 +90,36 @@ def monitor_loop(store: Store, interval: float, missed: int, stop: threading.Eve
             log.exception("host monitor cycle failed")
 
 
+def check_database(store: Store) -> None:
+    """Refuse to serve a database that is unreachable or not initialised."""
+    try:
+        with store.transaction() as conn:
+            version = conn.execute(
+                select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
+            ).scalar_one_or_none()
+            admins = conn.execute(
+                select(schema.users.c.id).where(schema.users.c.is_admin.is_(True))
+            ).first()
+    except SQLAlchemyError as exc:
+        raise InvalidInput(
+            f"cannot use the database {store!r} ({type(exc).__name__}): "
+            "is it reachable, and initialised with `lxcloud db init`?"
+        ) from None
+    if version is None or admins is None:
+        raise InvalidInput(f"the database {store!r} is not initialised: run `lxcloud db init`")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     conf = settings(args)
     # One line per call is the server's log: INFO for lxcloud's loggers unless -v asked more.
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
         logging.getLogger("lxcloud").setLevel(logging.INFO)
     store = Store(args.db)
+    try:
+        check_database(store)
+    except InvalidInput:
+        store.dispose()
+        raise
     server = ApiServer(
         store,
         conf["address"],

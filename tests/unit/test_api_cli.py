@@ -101,3 +101,10 @@ def test_serve_refuses_bad_settings(
     assert "missed_intervalz" in capsys.readouterr().err
     assert main(["--db", sqlite_url, "serve", "--listen", "nowhere"]) == 1
     assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_serve_refuses_an_uninitialised_database(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--db", sqlite_url, "serve", "--listen", "127.0.0.1:0"]) == 1
+    assert "lxcloud db init" in capsys.readouterr().err
