@@ -198,3 +198,27 @@ def test_concurrent_first_registrations_make_one_host(store: Store) -> None:
     with store.transaction() as conn:
         assert len(conn.execute(select(schema.hosts)).all()) == 1
         assert len(conn.execute(select(schema.host_macs)).all()) == 2
+
+
+def test_register_retries_after_losing_the_insert_race(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic form of the race: another registration inserts the row between this
+    one's lookup and its insert, which then hits the unique name; the retry updates."""
+    from sqlalchemy.exc import IntegrityError
+
+    real = hosts._register
+    calls: list[str] = []
+
+    def first_loses(*args: object, **kw: object) -> int:
+        calls.append("call")
+        if len(calls) == 1:
+            real(*args, **kw)  # the competitor's registration
+            raise IntegrityError("INSERT INTO hosts", {}, Exception("Duplicate entry"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(hosts, "_register", first_loses)
+    hid = hosts.register(store, "hv1", 3, 1024, 0, MACS)
+    assert calls == ["call", "call"]
+    with store.transaction() as conn:
+        assert conn.execute(select(schema.hosts.c.id)).all() == [(hid,)]
