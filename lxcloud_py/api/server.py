@@ -111,23 +111,22 @@ class Dispatcher:
             raise ApiFailure(
                 XML_RPC_API, f"wrong number of arguments: {len(args)} (expects up to {n})"
             ) from None
+        oid = -1 if "pool." in method else _object_id(args)
         try:
             body = fn(who, *args)
         except ApiFailure:
             raise
         except NotFound as exc:
-            raise ApiFailure(NO_EXISTS, str(exc), _object_id(args)) from None
+            raise ApiFailure(NO_EXISTS, str(exc), oid) from None
         except Conflict as exc:
-            raise ApiFailure(ACTION, str(exc), _object_id(args)) from None
+            raise ApiFailure(ACTION, str(exc), oid) from None
         except InvalidInput as exc:
-            raise ApiFailure(XML_RPC_API, str(exc), _object_id(args)) from None
+            raise ApiFailure(XML_RPC_API, str(exc), oid) from None
         except LxcloudError as exc:
-            raise ApiFailure(ACTION, str(exc), _object_id(args)) from None
+            raise ApiFailure(ACTION, str(exc), oid) from None
         except Exception:
             log.exception("%s by %s failed", method, who.name)
-            raise ApiFailure(
-                INTERNAL, "Internal error, see the server log.", _object_id(args)
-            ) from None
+            raise ApiFailure(INTERNAL, "Internal error, see the server log.", oid) from None
         return [True, body, SUCCESS]
 
     @staticmethod
