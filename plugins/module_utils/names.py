@@ -53,6 +53,21 @@ def validate_name(value, what="name"):
     return value
 
 
+HOST_LABEL_RE = re.compile(r"\A[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def validate_hostname(value, what="hostname"):
+    """Return a DNS host name (RFC 1123 labels joined by dots, at most 253 characters)."""
+    if not isinstance(value, str) or value == "":
+        raise InvalidName(what, value, "must be a non-empty string")
+    if len(value) > 253:
+        raise InvalidName(what, value, "longer than 253 characters")
+    for label in value.rstrip(".").split("."):
+        if not HOST_LABEL_RE.match(label):
+            raise InvalidName(what, value, "label %r is not a DNS label" % label)
+    return value
+
+
 def validate_mac(value, what="mac"):
     """Return the MAC in canonical lower-case colon form, else raise."""
     if not isinstance(value, str):

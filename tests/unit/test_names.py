@@ -8,6 +8,7 @@ from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     check_under,
     path_under,
     validate_abs_path,
+    validate_hostname,
     validate_ip,
     validate_ipv4,
     validate_mac,
@@ -134,3 +135,10 @@ def test_check_under_follows_symlinks(tmp_path) -> None:
         check_under(str(root), str(root / "escape"))
     with pytest.raises(InvalidName, match="not under"):
         check_under(str(root), "/etc/passwd")
+
+
+def test_hostname() -> None:
+    assert validate_hostname("wn-0001.farm.example.org") == "wn-0001.farm.example.org"
+    for bad in ["", "-x.org", "x-.org", "a..b", "a b", "x;y", "x_y", "a" * 64, "a." * 130, "ü.org"]:
+        with pytest.raises(InvalidName, match="lease name"):
+            validate_hostname(bad, "lease name")
