@@ -132,3 +132,19 @@ def test_foreign_file_is_replaced_and_failed_build_leaves_nothing(tmp_path) -> N
     assert exc.value.result["rc"] == 1
     assert sorted(os.listdir(tmp_path)) == ["c.iso"]
     assert "NAME='lxvm-0001'" in ctx.read_iso_context(run, spec.path)[1]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("NAME", "bad name"), ("NAME", "-x"), ("ETH0_IP", "10.0.0.300"), ("ETH0_MASK", "x"),
+     ("ETH0_GATEWAY", "10.0.0"), ("ETH0_MAC", "52:54:00:00:00"), ("ETH0_DNS", "10.0.0.1;x"),
+     ("VMID", "12a"), ("LIFETIME", "-1")],
+)
+def test_known_variables_are_checked_for_their_use(key: str, value: str) -> None:
+    with pytest.raises(ctx.ContextError, match=f"context variable {key}"):
+        ctx.validate_variables(dict(VARS, **{key: value}))
+
+
+def test_known_variables_may_be_empty() -> None:
+    got = ctx.validate_variables(dict(VARS, ETH0_GATEWAY="", ETH0_DNS="10.0.0.1, 10.0.0.2"))
+    assert got["ETH0_GATEWAY"] == "" and got["ETH0_DNS"] == "10.0.0.1, 10.0.0.2"
