@@ -540,6 +540,15 @@ def ensure(conn, name, wanted, state, check_mode=False, uuid_given=False,
                     start(dom)
             else:
                 result["pending_restart"] = True
+    if state == "running" and active and state_of(dom) == 3:  # paused: resume it
+        result["changed"] = True
+        result["changes"].append("resumed")
+        after_state = "running"
+        if not check_mode:
+            try:
+                dom.resume()
+            except libvirt.libvirtError as exc:
+                raise _libvirt_error("resuming %s failed" % name, exc) from None
     if state == "running" and not active:
         result["changed"] = True
         result["changes"].append("started")

@@ -127,3 +127,14 @@ def test_absent_removes_domain_and_only_managed_storage(conn, name, tmp_path) ->
                  console_log=str(store / f"{name}.console.log"))
     assert r["changed"] and list(store.iterdir()) == []
     assert D.ensure(conn, name, None, "absent", storage_dir=str(store))["changed"] is False
+
+
+def test_running_resumes_a_paused_domain(conn, name, tmp_path) -> None:
+    D.ensure(conn, name, want(name, tmp_path), "running")
+    D.lookup(conn, name).suspend()
+    r = D.ensure(conn, name, want(name, tmp_path), "running", check_mode=True)
+    assert r["changed"] and r["changes"] == ["resumed"]
+    assert D.lookup(conn, name).state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    r = D.ensure(conn, name, want(name, tmp_path), "running")
+    assert r["changed"] and r["state"] == "running"
+    assert D.lookup(conn, name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
