@@ -153,29 +153,11 @@ def recap(stdout: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def _testbed_dir(request: pytest.FixtureRequest) -> Path:
-    """3 testbed hosts: the shared ``testbed`` fixture when there is one, else testbed/up."""
-    try:
-        tb = request.getfixturevalue("testbed")
-    except pytest.FixtureLookupError:
-        tb = None
-    if tb is not None:
-        if callable(tb):
-            tb = tb(3)
-        for attr in ("dir", "path", "directory"):
-            if getattr(tb, attr, None):
-                return Path(getattr(tb, attr))
-    if os.geteuid() != 0:
-        pytest.skip("the testbed needs root")
-    subprocess.run([REPO / "testbed" / "up", "3"], check=True, capture_output=True, timeout=300)
-    return Path(os.environ.get("LXCLOUD_TESTBED_DIR", REPO / ".testbed"))
-
-
 @pytest.fixture(scope="module")
-def farm(request, tmp_path_factory) -> Iterator[dict]:
+def farm(testbed_factory, tmp_path_factory) -> Iterator[dict]:
     """3 testbed hosts, a control plane, and the hypervisors playbook run once."""
-    tb_dir = _testbed_dir(request)
-    inventory = tb_dir / "inventory.ini"
+    tb = testbed_factory(3)
+    tb_dir, inventory = Path(tb.dir), Path(tb.inventory)
     work = tmp_path_factory.mktemp("hypervisors")
     cp = ControlPlane(work)
     cp.start()

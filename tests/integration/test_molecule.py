@@ -8,7 +8,6 @@ throw-away control plane on the testbed bridge) → converge → idempotence →
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,11 +22,12 @@ BIN = Path(sys.executable).parent
 ROLE = REPO / "roles" / "hypervisor"
 
 
-def test_hypervisor_role_molecule_default():
+def test_hypervisor_role_molecule_default(testbed_factory):
     if not (BIN / "molecule").exists():
         pytest.fail("molecule is not installed in the venv (pip install -e .[test])")
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("the testbed needs root and iproute2")
+    # The session's testbed (shared with the other testbed tests): molecule's create finds it
+    # up and its destroy leaves it to the session.
+    testbed_factory(2)
     env = dict(
         os.environ,
         PATH=f"{BIN}:{os.environ.get('PATH', '')}",
