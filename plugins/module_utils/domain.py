@@ -375,9 +375,11 @@ def stop(dom, timeout, poll=0.2, clock=time.monotonic, sleep=time.sleep):
     ``timeout`` seconds have passed.  Returns True when it had to force it off."""
     if state_of(dom) not in ACTIVE_STATES:
         return False
+    if state_of(dom) == 3:  # paused: it cannot see the ACPI event, no point in waiting
+        timeout = 0
     deadline = clock() + max(0, timeout)
     try:
-        if timeout > 0 and state_of(dom) != 3:  # a paused guest cannot see the ACPI event
+        if timeout > 0:
             dom.shutdown()  # the driver's default: ACPI power button for qemu (no agent here)
     except libvirt.libvirtError:
         pass  # e.g. the guest is already going down; the wait below decides

@@ -201,3 +201,11 @@ def test_stop_forces_off_after_timeout() -> None:
 def test_stop_of_stopped_domain_does_nothing() -> None:
     dom = FakeDom([D.SHUTOFF])
     assert D.stop(dom, 5) is False and dom.calls == []
+
+
+@pytest.mark.skipif(not D.HAS_LIBVIRT, reason="libvirt bindings missing")
+def test_stop_of_paused_domain_forces_at_once() -> None:
+    dom = FakeDom([3])
+    clock = Clock()
+    assert D.stop(dom, 30, poll=1, clock=clock, sleep=clock.sleep) is True
+    assert dom.calls == ["destroy"] and clock.t == 0
