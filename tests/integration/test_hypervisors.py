@@ -201,6 +201,9 @@ def test_hostpool_lists_the_hosts_with_capacity_and_macs(farm):
 
 
 def test_second_run_changes_nothing(farm):
+    out, _ = run_playbook(farm["cp"], farm["inventory"], farm["work"], "--check", "--diff")
+    rc = recap(out)
+    assert {h: rc[h]["changed"] for h in HOSTS} == dict.fromkeys(HOSTS, 0), out[-3000:]
     out, second = run_playbook(farm["cp"], farm["inventory"], farm["work"])
     TIMINGS["playbook_second_s"] = second
     rc = recap(out)

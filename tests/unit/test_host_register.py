@@ -275,3 +275,12 @@ def test_boot_script_registers_and_heartbeats(cp, tmp_path):
     api_conf.chmod(0o644)
     p = run()
     assert p.returncode == 2 and "0600" in p.stderr
+    api_conf.chmod(0o600)
+    host_conf.write_text(host_conf.read_text() + "storage=/elsewhere\n")
+    p = run()
+    assert p.returncode == 2 and "unknown setting 'storage=/elsewhere'" in p.stderr
+    # The control plane is down: connection error after the retries, exit 1.
+    host_conf.write_text(host_conf.read_text().replace("storage=/elsewhere\n", ""))
+    cp.close()
+    p = run("--retries", "1")
+    assert p.returncode == 1 and "after 2 attempts" in p.stderr
