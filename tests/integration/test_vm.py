@@ -20,6 +20,8 @@ from libvirt_helpers import REPO, adhoc, adhoc_many, libvirt_uri  # noqa: F401 -
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
 IMAGE_DIR = os.path.join(REPO, ".cache", "test-image")
+# iputils ping is not in the bootstrap list; busybox-static (for the test image) has one
+PING = ["ping"] if shutil.which("ping") else ["busybox", "ping"]
 BUILD = os.path.join(REPO, "images", "build-test-image")
 
 
@@ -231,3 +233,61 @@ def test_bad_paths_and_options_are_refused(libvirt_uri: str, store: str) -> None
         r = adhoc("lxcloud.cloud.vm", dict(base, **extra))
         assert r.get("failed") and r["item"] == item, (extra, r)
     assert domain(libvirt_uri, "lxvm-badopts") == (None, None)
+
+
+@pytest.fixture
+def bridge() -> Iterator[tuple[str, str]]:
+    """A bridge with no uplink in the root namespace (host side 10.213.199.1/24): traffic
+    stays between this machine and the VM."""
+    name = "lxvmbr" + uuid.uuid4().hex[:6]
+    r = subprocess.run(["ip", "link", "add", name, "type", "bridge"], capture_output=True,
+                       text=True, check=False)
+    if r.returncode != 0:
+        pytest.skip(f"cannot create a bridge: {r.stderr.strip()}")
+    try:
+        subprocess.run(["ip", "addr", "add", "10.213.199.1/24", "dev", name], check=True)
+        subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        yield name, "10.213.199.1"
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False)
+
+
+def test_bridged_nic_answers_on_the_lease_address(libvirt_uri: str,  # noqa: F811
+                                                  test_image: dict[str, str], store: str,
+                                                  bridge: tuple[str, str]) -> None:
+    """The production NIC: the lease's MAC on a host bridge; the guest takes ETH0_IP from its
+    context and answers ping from the host over the bridge."""
+    br, host_ip = bridge
+    name = "lxvm-" + uuid.uuid4().hex[:8]
+    mac, ip = "52:54:00:d5:c7:0a", "10.213.199.10"
+    disk = adhoc("lxcloud.cloud.disk", {"name": f"{name}.qcow2", "base": test_image["golden"],
+                                        "dir": store})
+    ctx = adhoc("lxcloud.cloud.context", {"name": f"{name}.context.iso", "dir": store,
+                                          "variables": {"NAME": name, "ETH0_IP": ip,
+                                                        "ETH0_MASK": "255.255.255.0",
+                                                        "ETH0_GATEWAY": host_ip,
+                                                        "ETH0_MAC": mac}})
+    vm = {"name": name, "uri": libvirt_uri, "virt_type": "qemu", "memory_mb": 256,
+          "disk": disk["path"], "context": ctx["path"], "kernel": test_image["kernel"],
+          "initrd": test_image["initrd"], "cmdline": "console=ttyS0 root=/dev/vda",
+          "bridge": br, "mac": mac, "storage_dir": store}
+    try:
+        r = adhoc("lxcloud.cloud.vm", vm)
+        assert r["changed"] and r["state"] == "running", r
+        assert adhoc("lxcloud.cloud.vm", vm)["changed"] is False
+        line = wait_for(os.path.join(store, f"{name}.console.log"), "LXCLOUD-BOOTED")
+        assert f"ip={ip}" in line and f"mac={mac}" in line
+        deadline = time.monotonic() + 30
+        while True:
+            ping = subprocess.run([*PING, "-c", "1", "-W", "1", "-I", br, ip],
+                                  capture_output=True, text=True, check=False)
+            if ping.returncode == 0 or time.monotonic() > deadline:
+                break
+        assert ping.returncode == 0, ping.stdout + ping.stderr
+        neigh = subprocess.run(["ip", "neigh", "show", ip, "dev", br], capture_output=True,
+                               text=True, check=False).stdout
+        assert mac in neigh.lower(), neigh
+    finally:
+        r = adhoc("lxcloud.cloud.vm", {"name": name, "uri": libvirt_uri, "state": "absent",
+                                       "storage_dir": store})
+        assert not r.get("failed"), r
