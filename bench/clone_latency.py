@@ -57,6 +57,8 @@ def make_golden(path, data_mb):
         chunk = os.urandom(1024 * 1024)
         for _ in range(data_mb):
             f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())  # staged images are on disk; a first reflink would flush them
     os.chmod(path, 0o644)
 
 
