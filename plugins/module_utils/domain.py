@@ -572,3 +572,30 @@ def ensure(conn, name, wanted, state, check_mode=False, uuid_given=False,
         result["xml"] = inactive_xml(dom) if dom is not None and not check_mode \
             else build_xml(wanted)
     return result
+
+
+def describe(dom):
+    """A domain as the info module reports it: managed fields plus state and persistence."""
+    spec = parse_xml(inactive_xml(dom)) if dom.isPersistent() else parse_xml(live_xml(dom))
+    spec["state"] = _state_name(dom)
+    spec["active"] = bool(dom.isActive())
+    spec["persistent"] = bool(dom.isPersistent())
+    return spec
+
+
+def list_domains(conn, names=None, prefix=None):
+    """describe() of every domain (or of ``names``; or those starting with ``prefix``)."""
+    if names:
+        out = []
+        for n in names:
+            validate_name(n, "vm name")
+            dom = lookup(conn, n)
+            if dom is not None:
+                out.append(describe(dom))
+        return out
+    try:
+        doms = conn.listAllDomains()
+    except libvirt.libvirtError as exc:
+        raise _libvirt_error("listing domains failed", exc) from None
+    return sorted((describe(d) for d in doms if not prefix or d.name().startswith(prefix)),
+                  key=lambda d: d["name"])

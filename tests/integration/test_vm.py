@@ -128,6 +128,12 @@ def test_vm_lifecycle(libvirt_uri: str, test_image: dict[str, str], store: str) 
     assert f"name={name}" in line and "ip=10.0.2.15" in line and f"mac={mac}" in line
     assert "vmid=4242" in line
 
+    # vm_info reports what runs, with the managed fields
+    info = adhoc("lxcloud.cloud.vm_info", {"uri": libvirt_uri, "names": [name]})
+    (dom,) = info["domains"]
+    assert dom["state"] == "running" and dom["nic"]["mac"] == mac and info["changed"] is False
+    assert dom["disk"]["path"] == disk["path"] and dom["context"] == ctx["path"]
+
     # defined with more memory: the existing domain is updated in place (same uuid)
     uuid_before = r["uuid"]
     r = adhoc("lxcloud.cloud.vm", dict(vm, state="defined", memory_mb=320), diff=True)

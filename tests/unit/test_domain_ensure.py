@@ -138,3 +138,19 @@ def test_running_resumes_a_paused_domain(conn, name, tmp_path) -> None:
     r = D.ensure(conn, name, want(name, tmp_path), "running")
     assert r["changed"] and r["state"] == "running"
     assert D.lookup(conn, name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+
+
+def test_list_domains_reports_managed_fields_and_state(conn, name, tmp_path) -> None:
+    D.ensure(conn, name, want(name, tmp_path), "running")
+    other = name + "-b"
+    D.ensure(conn, other, want(other, tmp_path, mac="52:54:00:00:00:02"), "defined")
+    got = D.list_domains(conn, prefix=name)
+    assert [d["name"] for d in got] == [name, other]
+    assert got[0]["state"] == "running" and got[0]["active"] and got[0]["persistent"]
+    assert got[1]["state"] == "shutoff" and not got[1]["active"]
+    assert got[0]["nic"]["mac"] == "52:54:00:00:00:01"
+    assert got[0]["disk"]["path"] == f"{tmp_path}/{name}.qcow2"
+    assert D.list_domains(conn, names=[other, "lxvm-nope"])[0]["name"] == other
+    assert len(D.list_domains(conn, names=[other, "lxvm-nope"])) == 1
+    with pytest.raises(D.InvalidName):
+        D.list_domains(conn, names=["../x"])
