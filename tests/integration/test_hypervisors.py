@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -114,8 +115,9 @@ class ControlPlane:
 
 def ssh(testbed_dir: Path, host: str, *argv: str, check: bool = True,
         stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    # ssh hands the remote shell one string: quote each argument.
     return subprocess.run(
-        ["ssh", "-F", str(testbed_dir / "ssh_config"), host, "--", *argv],
+        ["ssh", "-F", str(testbed_dir / "ssh_config"), host, "--", shlex.join(argv)],
         capture_output=True, text=True, check=check, timeout=120, input=stdin,
     )
 
@@ -257,20 +259,24 @@ def test_control_plane_lease_change_shows_up(farm):
 
 
 def test_stopped_host_goes_to_error_and_comes_back(farm):
-    """lxh1 and lxh2 keep sending heartbeats (what their cron entry does); lxh3 stops. The
-    control plane's staleness monitor (``lxcloud serve --monitor-interval 1.5
-    --missed-intervals 2``) turns lxh3 to ERROR and leaves the others MONITORED; lxh3's next
-    heartbeat brings it back."""
+    """lxh3's cron (which sends its heartbeat) is stopped; lxh1 and lxh2 keep sending
+    heartbeats (faster than their cron would). The control plane's staleness monitor
+    (``lxcloud serve --monitor-interval 1.5 --missed-intervals 2``) turns lxh3 to ERROR and
+    leaves the others MONITORED; lxh3's next heartbeat brings it back."""
     cp, tb_dir = farm["cp"], farm["tb_dir"]
     beat = ["/usr/local/sbin/lxcloud-register", "--heartbeat", "--quiet"]
 
     def heartbeat(*names: str) -> None:
         procs = [
-            subprocess.Popen(["ssh", "-F", str(tb_dir / "ssh_config"), h, "--", *beat])
+            subprocess.Popen(["ssh", "-F", str(tb_dir / "ssh_config"), h, "--", shlex.join(beat)])
             for h in names
         ]
         assert [p.wait(60) for p in procs] == [0] * len(names)
 
+    # The role started a cron per host (its pid file is in the host's own /run).
+    for h in HOSTS:
+        ssh(tb_dir, h, "sh", "-c", 'kill -0 "$(cat /run/crond.pid)"')
+    ssh(tb_dir, "lxh3", "sh", "-c", 'kill "$(cat /run/crond.pid)"')
     cp.stop()
     cp.start("--monitor-interval", "1.5", "--missed-intervals", "2")
     try:
@@ -292,6 +298,7 @@ def test_stopped_host_goes_to_error_and_comes_back(farm):
     finally:
         cp.stop()
         cp.start()
+        ssh(tb_dir, "lxh3", "cron", check=False)  # as the role left it
 
 
 def test_lvm_backend_creates_the_vg_once_and_registers_its_size(farm, tmp_path):
