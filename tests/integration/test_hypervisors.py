@@ -339,3 +339,39 @@ def test_lvm_backend_creates_the_vg_once_and_registers_its_size(farm, tmp_path):
         subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
     run_playbook(farm["cp"], farm["inventory"], farm["work"], "--limit", "lxh1")
     assert farm["cp"].pool()["lxh1"]["disk_mb"] != int(float(row["vg_size"]))
+
+
+def test_host_facts_on_a_testbed_host(farm):
+    """The probe over SSH with /usr/bin/python3 and Debian's python3-libvirt: the host's own
+    libvirtd (qemu:///system inside its namespaces) and staged image sidecars."""
+    tb_dir = farm["tb_dir"]
+    d = "/tmp/lxcloud-facts-test"  # the host's private /tmp
+    sidecar = json.dumps({"name": "golden", "version": "7", "sha256": "ab" * 32, "size": 1})
+    ssh(tb_dir, "lxh2", "sh", "-c",
+        f"mkdir -p {d} && printf x > {d}/golden-7.raw && cat > {d}/golden-7.json", stdin=sidecar)
+    try:
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+                   ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_NOCOLOR="1")
+        p = subprocess.run(
+            [BIN / "ansible", "-i", str(farm["inventory"]), "lxh2", "--check",
+             "-m", "lxcloud.cloud.host_facts", "-a", json.dumps({"images_dir": d})],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        facts = json.loads(p.stdout.split(" => ", 1)[1])
+        assert facts["changed"] is False
+        host = facts["host"]
+        virsh = ssh(tb_dir, "lxh2", "virsh", "-r", "-c", "qemu:///system", "version",
+                    "--daemon").stdout
+        assert host["name"] == "lxh2"
+        assert host["libvirt"]["available"] and host["libvirt"]["via"] == "python"
+        assert f"Running against daemon: {host['libvirt']['version']}" in virsh
+        assert host["libvirt"]["hypervisor"] == "qemu"
+        running = ssh(tb_dir, "lxh2", "virsh", "-r", "-c", "qemu:///system", "list",
+                      "--name", "--state-running").stdout.split()
+        assert host["libvirt"]["domains"] == sorted(running)
+        assert host["images"] == [{"file": "golden-7.json", "name": "golden", "version": "7",
+                                   "sha256": "ab" * 32, "size": 1, "present": True}]
+        assert host["macs"] == expected_macs("lxh2")
+    finally:
+        ssh(tb_dir, "lxh2", "rm", "-rf", d, check=False)
