@@ -45,6 +45,23 @@ API_LEASES = [
     ("10.213.1.32", "02:00:0a:d5:01:20", "vm32.lxcloud.test", "lxh3"),
 ]
 TIMINGS: dict[str, float] = {}
+# What the role installs in the root filesystem, which all testbed hosts (and this machine)
+# share; removed after the tests if it was not there before.
+SHARED_FILES = [
+    "/usr/local/sbin/lxcloud-register",
+    "/usr/local/lib/lxcloud",
+    "/etc/init.d/lxcloud-register",
+    "/etc/cron.d/lxcloud-heartbeat",
+]
+
+
+CRON_RUNNING = 'kill -0 "$(cat /run/crond.pid 2>/dev/null)" 2>/dev/null'
+
+
+def remove_shared_files() -> None:
+    subprocess.run(["update-rc.d", "-f", "lxcloud-register", "remove"], capture_output=True,
+                   check=False)
+    subprocess.run(["rm", "-rf", "--", *SHARED_FILES], check=True)
 
 
 def _free_port(host: str) -> int:
@@ -161,6 +178,10 @@ def farm(testbed_factory, tmp_path_factory) -> Iterator[dict]:
     tb = testbed_factory(3)
     tb_dir, inventory = Path(tb.dir), Path(tb.inventory)
     work = tmp_path_factory.mktemp("hypervisors")
+    installed_before = any(os.path.lexists(p) for p in SHARED_FILES)
+    # The role starts cron on hosts without it; stop those crons again afterwards.
+    cron_before = {h: ssh(tb_dir, h, "sh", "-c", CRON_RUNNING, check=False).returncode == 0
+                   for h in HOSTS}
     cp = ControlPlane(work)
     cp.start()
     try:
@@ -176,6 +197,13 @@ def farm(testbed_factory, tmp_path_factory) -> Iterator[dict]:
                "first_stdout": out}
     finally:
         cp.stop()
+        for h in HOSTS:
+            ssh(tb_dir, h, "rm", "-f", "/etc/lxcloud/leases.csv", check=False)
+            if not cron_before[h]:
+                ssh(tb_dir, h, "sh", "-c", f'{CRON_RUNNING} && kill "$(cat /run/crond.pid)"',
+                    check=False)
+        if not installed_before:
+            remove_shared_files()
         print(f"\nhypervisors playbook timings (3 hosts): {TIMINGS}")
 
 
