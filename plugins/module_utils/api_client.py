@@ -212,8 +212,9 @@ class ApiClient:
         for attempt in range(self.retries + 1):
             if attempt:
                 self._sleep(self.backoff * (2 ** (attempt - 1)))
+            proxy = self._proxy()
             try:
-                reply = getattr(self._proxy(), method)(self.session, *args)
+                reply = getattr(proxy, method)(self.session, *args)
                 break
             except xmlrpc.client.Fault as exc:
                 raise ApiError(method, INTERNAL, "XML-RPC fault %s: %s" % (
@@ -224,6 +225,8 @@ class ApiClient:
                     raise ApiConnectionError(method, last) from exc
             except (OSError, socket.timeout, http.client.HTTPException) as exc:
                 last = "cannot reach %s: %s" % (self.url, exc)
+            finally:
+                proxy("close")()  # no keep-alive socket left behind
         else:
             raise ApiConnectionError(
                 method, "%s (after %d attempts)" % (last, self.retries + 1)
