@@ -261,6 +261,64 @@ def action(store: Store, vm_id: int, name: str) -> int:
     return vm_id
 
 
+# -- executor transitions -----------------------------------------------------------------------
+#: What the executor may do to a VM: (expected state, new state). Each transition happens only
+#: from its expected state, so a VM an operator terminated while a playbook ran is left alone
+#: (the next executor pass destroys it).
+EXECUTOR_TRANSITIONS: dict[str, tuple[tuple[VMState, LCMState], tuple[VMState, LCMState]]] = {
+    "deployed": ((VMState.ACTIVE, LCMState.PROLOG), (VMState.ACTIVE, LCMState.RUNNING)),
+    "prolog_failure": (
+        (VMState.ACTIVE, LCMState.PROLOG),
+        (VMState.ACTIVE, LCMState.PROLOG_FAILURE),
+    ),
+    "boot_failure": ((VMState.ACTIVE, LCMState.PROLOG), (VMState.ACTIVE, LCMState.BOOT_FAILURE)),
+    "destroyed": ((VMState.ACTIVE, LCMState.SHUTDOWN), (VMState.DONE, LCMState.LCM_INIT)),
+    "epilog_failure": (
+        (VMState.ACTIVE, LCMState.SHUTDOWN),
+        (VMState.ACTIVE, LCMState.EPILOG_FAILURE),
+    ),
+}
+
+
+def executor_transition(store: Store, vm_id: int, name: str, message: str) -> bool:
+    """Apply the executor's transition ``name`` (see :data:`EXECUTOR_TRANSITIONS`) with a
+    history record; False (nothing changed) when the VM is no longer in the expected state.
+
+    ``deployed`` sets ``started`` (and ``deadline`` from the lifetime) and clears the message;
+    the failures keep ``message`` in ``sched_message``; ``destroyed`` sets ``ended`` and frees
+    the VM's lease."""
+    (old_s, old_l), (new_s, new_l) = EXECUTOR_TRANSITIONS[name]
+    t = now()
+    with store.transaction() as conn:
+        row = conn.execute(
+            store.for_update(select(_V.c.lifetime).where(_V.c.id == vm_id))
+        ).first()
+        if row is None:
+            raise NotFound(f"VM {vm_id} does not exist")
+        values: dict[str, Any] = dict(state=int(new_s), lcm_state=int(new_l))
+        if name == "deployed":
+            values.update(started=t, sched_message=None)
+            values["deadline"] = t + row.lifetime if row.lifetime else None
+        elif name == "destroyed":
+            values["ended"] = t
+        else:
+            values["sched_message"] = f"{new_l.name}: {message}"[:512]
+        res = conn.execute(
+            update(_V)
+            .where(_V.c.id == vm_id, _V.c.state == int(old_s), _V.c.lcm_state == int(old_l))
+            .values(**values)
+        )
+        if res.rowcount != 1:
+            return False
+        Store.record(
+            conn, "vm", vm_id, _state_text(old_s, old_l), _state_text(new_s, new_l), message
+        )
+        if name == "destroyed":
+            release_lease(conn, vm_id)
+    log.info("VM %d: %s -> %s", vm_id, _state_text(old_s, old_l), _state_text(new_s, new_l))
+    return True
+
+
 # -- queries ------------------------------------------------------------------------------------
 def _enrich(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not rows:
