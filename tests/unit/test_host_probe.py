@@ -264,7 +264,8 @@ def test_probe_end_to_end(tmp_path):
     assert facts["libvirt"]["available"] is False
     json.dumps(facts)  # JSON-able, as modules return it
     info = hp.registration_info(facts)
-    assert info["libvirt_available"] is False and len(info["leases"]) == 2
+    assert info["libvirt_available"] is False and info["lease_source"] == "file"
+    assert "leases" not in info and info["disk_free_mb"] == facts["disk_free_mb"]
 
 
 def test_probe_refuses_bad_host_name(tmp_path):
