@@ -47,6 +47,7 @@ import threading
 import time
 
 CHUNK = 256 * 1024
+BATCH = 64 * 1024
 EMIT_LOCK = threading.Lock()
 
 
@@ -102,12 +103,20 @@ class Image:
         self.failed = None  # reason string once this node gives up
         self.hash = hashlib.sha256()
 
-    def wait_for(self, off, timeout):
-        """Block until more than ``off`` bytes are on disk; returns have (or raises)."""
+    def wait_for(self, off, timeout, batch=1, linger=0.05):
+        """Block until at least ``batch`` bytes past ``off`` are on disk (or the image is
+        complete), but no longer than ``linger`` once there is something to send and never
+        longer than ``timeout``; returns have (or raises).  Batching keeps sends (and so TCP
+        segments and the next hop's reads) large: small ones cost CPU at every hop."""
         with self.cv:
-            end = time.monotonic() + timeout
-            while self.have <= off and self.failed is None:
-                left = end - time.monotonic()
+            now = time.monotonic()
+            end = now + timeout
+            soon = None
+            want = min(off + batch, self.size)
+            while self.have < want and self.failed is None:
+                if self.have > off and soon is None:
+                    soon = time.monotonic() + linger
+                left = min(end, soon or end) - time.monotonic()
                 if left <= 0:
                     return self.have
                 self.cv.wait(min(left, 1.0))
@@ -163,9 +172,10 @@ class Sender:
         try:
             if self.sndbuf:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             hdr = {"size": self.image.size, "sha256": self.image.sha256, "chain": rest,
                    "from": self.me}
+            # no Nagle: sends are batched already; a held-back tail would wait for a delayed ACK
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.sendall((json.dumps(hdr) + "\n").encode())
             reader = _LineReader(s)
             reply = reader.line(self.timeout)
@@ -176,7 +186,7 @@ class Sender:
             off = int(reply["offset"])
             with open(self.image.path, "rb") as fh:
                 while off < self.image.size:
-                    have = self.image.wait_for(off, self.timeout)
+                    have = self.image.wait_for(off, self.timeout, BATCH)
                     reader.poll()  # heartbeats, or superseded
                     if have <= off:
                         continue
@@ -196,6 +206,21 @@ class Sender:
                     return
         finally:
             s.close()
+
+
+def _recv_line(conn, limit=65536):
+    """One line from a socket, consuming nothing after it (the data that follows is read with
+    recv_into, unbuffered)."""
+    while True:
+        data = conn.recv(limit, socket.MSG_PEEK)
+        if not data:
+            return b""
+        i = data.find(b"\n")
+        if i >= 0:
+            return conn.recv(i + 1, socket.MSG_WAITALL)
+        if len(data) >= limit:
+            raise ValueError("header line too long")
+        time.sleep(0.01)
 
 
 class _Superseded(Exception):
@@ -352,8 +377,7 @@ class Relay:
     def _handle(self, conn):
         conn.settimeout(self.args.timeout)
         try:
-            f = conn.makefile("rb")
-            hdr = json.loads(f.readline(65536) or b"{}")
+            hdr = json.loads(_recv_line(conn) or b"{}")
             if (int(hdr.get("size", -1)) != self.image.size
                     or hdr.get("sha256") != self.image.sha256):
                 conn.sendall(b'{"error": "image mismatch"}\n')
@@ -365,11 +389,10 @@ class Relay:
         with self.lock:
             old, self.upstream = self.upstream, conn
         if old is not None:
-            try:
+            with contextlib.suppress(OSError):
                 old.sendall(b'{"superseded": true}\n')
+            with contextlib.suppress(OSError):
                 old.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         with self.wlock:  # the old upstream's writer has stopped once we hold this
             if self.upstream is not conn:
                 return
@@ -384,18 +407,18 @@ class Relay:
                     conn.sendall((json.dumps({"offset": self.image.have}) + "\n").encode())
                     self.hb_ok = conn
                 emit(ev="upstream", peer=str(hdr.get("from", "")), offset=self.image.have)
-                self._receive(conn, f)
+                self._receive(conn)
             except OSError:
                 pass  # the upstream died: wait for a re-routed one
 
-    def _receive(self, conn, f):
+    def _receive(self, conn):
         buf = bytearray(CHUNK)
         mv = memoryview(buf)
         img = self.image
         while img.have < img.size and not self.complete.is_set():
             want = min(CHUNK, img.size - img.have)
             try:
-                n = f.readinto(mv[:want])
+                n = conn.recv_into(mv[:want])
             except OSError:
                 return
             if not n:
@@ -409,11 +432,16 @@ class Relay:
                 img.have += n
                 img.cv.notify_all()
             self.last_data = time.monotonic()
+            if n < BATCH // 2 and img.have < img.size:
+                # a trickle: let a batch gather instead of waking for every few segments
+                # (SO_RCVLOWAT would, but can stall small receive buffers)
+                time.sleep(0.004)
         if img.have >= img.size and not self.complete.is_set():
             self._finish()
 
     def _finish(self):
-        os.fsync(self.fd)
+        # no fsync: the install step (lxcloud.cloud.image) verifies sha256 again before it
+        # unpacks, and an fsync of every copy at the same moment costs seconds of disk time
         os.close(self.fd)
         digest = self.image.hash.hexdigest()
         if digest == self.image.sha256:
