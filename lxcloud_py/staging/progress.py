@@ -144,7 +144,9 @@ class Progress:
                 hp = self.hosts[h]
                 t = None if hp.finished is None else hp.finished - self.t0
                 rate = (self.total / MB / t) if (t and hp.state == "verified") else None
+                first = None if hp.started is None else hp.started - self.t0
                 out.append({"host": h, "state": hp.state, "seconds": t, "rate_mb_s": rate,
+                            "first_byte": first,
                             "checksum": hp.checksum, "error": hp.error,
                             "reported_by": hp.reported_by})
         return out
