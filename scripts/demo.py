@@ -280,10 +280,19 @@ def stream(argv: list[str], env: dict[str, str], show: str | None = None,
                             text=True, bufsize=1)
     assert proc.stdout is not None
     out = []
-    for line in proc.stdout:
-        out.append(line)
-        if filt is None or filt.search(line):
-            print("  " + line.rstrip() if filt else line.rstrip(), flush=True)
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if filt is None or filt.search(line):
+                print("  " + line.rstrip() if filt else line.rstrip(), flush=True)
+    except BaseException:  # Ctrl-C, SIGTERM: stop the child too (it cancels its own work)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     rc = proc.wait()
     text = "".join(out)
     if rc != 0:
