@@ -178,3 +178,28 @@ def test_torrent_survives_a_peer_killed_mid_transfer(
     assert rows[victim]["state"] == "failed" and "aria2c exited" in rows[victim]["error"], rows
     for h in hosts4[:1] + hosts4[2:]:
         assert rows[h]["state"] == "verified" and rows[h]["checksum"] == "ok", rows
+
+
+def test_stage_image_playbook_distributes_installs_and_is_idempotent(
+    tb: Testbed, hosts4: list[str], repo: tuple[Path, bytes]
+) -> None:
+    repo_dir, raw = repo
+    two = hosts4[:2]
+    _clean(tb, two)
+    argv = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(tb.inventory),
+            str(REPO / "playbooks" / "stage_image.yml"), "-l", ",".join(["localhost", *two]),
+            "-e", f"image_name={NAME}", "-e", "image_version=1", "-e", f"image_repo={repo_dir}",
+            "-e", "stage_strategy=chain", "-e", "stage_report=false"]
+    first = subprocess.run(argv, capture_output=True, text=True, env=tb.ansible_env(),
+                           timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "2/2 hosts hold the verified image" in first.stdout
+    for h in two:
+        assert f"{h}" in first.stdout and _installed_sha(tb, h, "1") == hashlib.sha256(
+            raw).hexdigest()
+        assert f"{h}" + " " * (27 - len(h)) + ": ok=1    changed=1" in first.stdout
+    second = subprocess.run(argv, capture_output=True, text=True, env=tb.ansible_env(),
+                            timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    for h in two:  # the install step: same verified version present, no change
+        assert f"{h}" + " " * (27 - len(h)) + ": ok=1    changed=0" in second.stdout
