@@ -1,8 +1,14 @@
-"""The hypervisor role's molecule scenario, so the one test command runs it too.
+"""Every role's molecule scenario, so the one test command runs them too.
 
-``molecule test -s default`` from ``roles/hypervisor``: create (testbed hosts lxh1, lxh2 and a
-throw-away control plane on the testbed bridge) → converge → idempotence → verify → destroy
-(the testbed is torn down only if the scenario created it).
+``molecule test -s default`` from each role directory, with molecule's default (delegated)
+driver against the session's testbed hosts: create → converge → idempotence → verify →
+destroy. The scenarios find the testbed up (the fixture brings it up) and leave it to the
+session.
+- hypervisor: hosts lxh1, lxh2 and a throw-away control plane on the testbed bridge; verify
+  asserts the hosts are registered with capacity and MACs, libvirtd answers, the boot script
+  and init script are in place.
+- golden_node: host lxh1; verify asserts the callback script and cron entry are installed and
+  that a dry run with a test context says "not yet due".
 """
 
 from __future__ import annotations
@@ -20,15 +26,15 @@ pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-ROLE = REPO / "roles" / "hypervisor"
+#: role → testbed hosts its scenario uses
+SCENARIOS = {"hypervisor": 2, "golden_node": 1}
 
 
-def test_hypervisor_role_molecule_default(testbed_factory):
+@pytest.mark.parametrize("role", sorted(SCENARIOS))
+def test_role_molecule_default(role: str, testbed_factory) -> None:
     if not (BIN / "molecule").exists():
         pytest.fail("molecule is not installed in the venv (pip install -e .[test])")
-    # The session's testbed (shared with the other testbed tests): molecule's create finds it
-    # up and its destroy leaves it to the session.
-    testbed_factory(2)
+    testbed_factory(SCENARIOS[role])
     env = dict(
         os.environ,
         PATH=f"{BIN}:{os.environ.get('PATH', '')}",
@@ -40,10 +46,10 @@ def test_hypervisor_role_molecule_default(testbed_factory):
     t0 = time.monotonic()
     proc = subprocess.run(
         [BIN / "molecule", "test", "-s", "default"],
-        cwd=ROLE, env=env, capture_output=True, text=True, timeout=900, check=False,
+        cwd=REPO / "roles" / role, env=env, capture_output=True, text=True, timeout=900,
+        check=False,
     )
-    elapsed = time.monotonic() - t0
-    print(f"\nmolecule test -s default: {elapsed:.1f} s (rc={proc.returncode})")
+    print(f"\nmolecule test ({role}): {time.monotonic() - t0:.1f} s (rc={proc.returncode})")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-8000:]
     # Every step of the sequence ran and succeeded (none skipped), idempotence included.
