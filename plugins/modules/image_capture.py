@@ -21,7 +21,7 @@ description:
   - Refuses sources that reference a backing file or a data file.
   - When O(api_url) is given, registers the image with C(lxcloud.image.register) (idempotent
     on the control plane, done on every run).
-  - A captured name+version is immutable: a second run reports no change unless O(force).
+  - A captured name+version is immutable, so a second run reports no change unless O(force).
 version_added: 0.1.0
 author: lxcloud developers
 options:
