@@ -148,6 +148,32 @@ def resolve_credentials(api_url=None, api_session=None, config_path=DEFAULT_CONF
     return api_url or conf["url"], api_session or conf["session"]
 
 
+#: The options of every module that talks to the API (doc fragment lxcloud.cloud.api).
+API_ARGUMENT_SPEC = dict(
+    api_url=dict(type="str"),
+    api_session=dict(type="str", no_log=True),
+    api_config=dict(type="path", default=DEFAULT_CONFIG),
+    api_timeout=dict(type="float", default=DEFAULT_TIMEOUT),
+    api_retries=dict(type="int", default=DEFAULT_RETRIES),
+)
+
+
+def client_from_params(params, required=True):
+    """An ApiClient from a module's API options, else the credentials file.
+
+    Without credentials anywhere: ApiConfigError when ``required``, else None.
+    """
+    try:
+        url, session = resolve_credentials(
+            params["api_url"], params["api_session"], params["api_config"]
+        )
+    except ApiConfigError:
+        if required:
+            raise
+        return None
+    return ApiClient(url, session, timeout=params["api_timeout"], retries=params["api_retries"])
+
+
 class _TimeoutTransport(xmlrpc.client.Transport):
     def __init__(self, timeout):
         xmlrpc.client.Transport.__init__(self)

@@ -428,6 +428,36 @@ def probe(
     }
 
 
+#: The probe's options (doc fragment lxcloud.cloud.probe), shared by host_facts and host_register.
+PROBE_ARGUMENT_SPEC = dict(
+    name=dict(type="str"),
+    storage_backend=dict(type="str", choices=list(BACKENDS), default="dir"),
+    storage_dir=dict(type="path", default=DEFAULT_STORAGE_DIR),
+    storage_vg=dict(type="str"),
+    images_dir=dict(type="path", default=DEFAULT_IMAGES_DIR),
+    lease_source=dict(type="str", choices=list(LEASE_SOURCES), default="auto"),
+    lease_file=dict(type="path", default=DEFAULT_LEASE_FILE),
+    libvirt_uri=dict(type="str", default=DEFAULT_LIBVIRT_URI),
+)
+PROBE_REQUIRED_IF = [("storage_backend", "lvm", ["storage_vg"])]
+
+
+def probe_from_params(params, client, run):
+    """:func:`probe` with a module's probe options."""
+    return probe(
+        host=params["name"],
+        storage_backend=params["storage_backend"],
+        storage_dir=params["storage_dir"],
+        storage_vg=params["storage_vg"],
+        images_dir=params["images_dir"],
+        lease_source=params["lease_source"],
+        lease_file=params["lease_file"],
+        libvirt_uri=params["libvirt_uri"],
+        client=client,
+        run=run,
+    )
+
+
 def registration_info(facts):
     """The free-form ``info`` struct sent with a registration or heartbeat."""
     lv = facts.get("libvirt") or {}

@@ -29,55 +29,9 @@ attributes:
     support: none
   idempotent:
     support: full
-options:
-  name:
-    description: Host name as registered in the control plane. Defaults to the short hostname.
-    type: str
-  storage_backend:
-    description: Where VM disks live.
-    type: str
-    choices: [dir, lvm]
-    default: dir
-  storage_dir:
-    description: Storage directory (backend C(dir)).
-    type: path
-    default: /var/lib/lxcloud
-  storage_vg:
-    description: LVM volume group (backend C(lvm)).
-    type: str
-  images_dir:
-    description: Directory of staged golden images and their C(.json) sidecars.
-    type: path
-    default: /var/lib/lxcloud/images
-  lease_source:
-    description:
-      - C(file) reads O(lease_file), C(api) asks the control plane, C(none) reports no leases.
-      - C(auto) uses the file when it exists, else the API when credentials are available.
-    type: str
-    choices: [auto, file, api, none]
-    default: auto
-  lease_file:
-    description: Local lease file, CSV C(ip,mac,name,host).
-    type: path
-    default: /etc/lxcloud/leases.csv
-  libvirt_uri:
-    description: libvirt connection URI (opened read-only).
-    type: str
-    default: qemu:///system
-  api_url:
-    description: Control plane XML-RPC URL; defaults to C(url) in O(api_config).
-    type: str
-  api_session:
-    description: Session string C(user:secret); defaults to C(session) in O(api_config).
-    type: str
-  api_config:
-    description: Credentials file (mode 0600, INI or C(KEY=value) with C(url) and C(session)).
-    type: path
-    default: /etc/lxcloud/api.conf
-  api_timeout:
-    description: Seconds per API call attempt.
-    type: float
-    default: 10
+extends_documentation_fragment:
+  - lxcloud.cloud.probe
+  - lxcloud.cloud.api
 notes:
   - The API is only contacted for O(lease_source=api), or O(lease_source=auto) without a lease
     file when credentials are available.
@@ -146,66 +100,30 @@ host:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import (
-    ApiClient,
+    API_ARGUMENT_SPEC,
     ApiConfigError,
     ApiError,
-    resolve_credentials,
+    client_from_params,
 )
 from ansible_collections.lxcloud.cloud.plugins.module_utils.host_probe import (
+    PROBE_ARGUMENT_SPEC,
+    PROBE_REQUIRED_IF,
     ProbeError,
-    probe,
+    probe_from_params,
 )
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import InvalidName
 
 
-def api_client_for(module, required):
-    """An ApiClient from options or the credentials file; None when not required and absent."""
-    p = module.params
-    try:
-        url, session = resolve_credentials(p["api_url"], p["api_session"], p["api_config"])
-    except ApiConfigError:
-        if required:
-            raise
-        return None
-    return ApiClient(url, session, timeout=p["api_timeout"])
-
-
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str"),
-            storage_backend=dict(type="str", choices=["dir", "lvm"], default="dir"),
-            storage_dir=dict(type="path", default="/var/lib/lxcloud"),
-            storage_vg=dict(type="str"),
-            images_dir=dict(type="path", default="/var/lib/lxcloud/images"),
-            lease_source=dict(
-                type="str", choices=["auto", "file", "api", "none"], default="auto"
-            ),
-            lease_file=dict(type="path", default="/etc/lxcloud/leases.csv"),
-            libvirt_uri=dict(type="str", default="qemu:///system"),
-            api_url=dict(type="str"),
-            api_session=dict(type="str", no_log=True),
-            api_config=dict(type="path", default="/etc/lxcloud/api.conf"),
-            api_timeout=dict(type="float", default=10.0),
-        ),
-        required_if=[("storage_backend", "lvm", ["storage_vg"])],
+        argument_spec=dict(PROBE_ARGUMENT_SPEC, **API_ARGUMENT_SPEC),
+        required_if=PROBE_REQUIRED_IF,
         supports_check_mode=True,
     )
     p = module.params
     try:
-        client = api_client_for(module, required=p["lease_source"] == "api")
-        facts = probe(
-            host=p["name"],
-            storage_backend=p["storage_backend"],
-            storage_dir=p["storage_dir"],
-            storage_vg=p["storage_vg"],
-            images_dir=p["images_dir"],
-            lease_source=p["lease_source"],
-            lease_file=p["lease_file"],
-            libvirt_uri=p["libvirt_uri"],
-            client=client,
-            run=module.run_command,
-        )
+        client = client_from_params(p, required=p["lease_source"] == "api")
+        facts = probe_from_params(p, client, module.run_command)
     except ProbeError as exc:
         module.fail_json(msg=exc.msg, **exc.details)
     except (ApiError, ApiConfigError, InvalidName) as exc:

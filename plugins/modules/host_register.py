@@ -34,9 +34,6 @@ attributes:
   idempotent:
     support: full
 options:
-  name:
-    description: Host name in the control plane. Defaults to the short hostname.
-    type: str
   heartbeat:
     description: Only report liveness (C(lxcloud.host.heartbeat)); the host must be registered.
     type: bool
@@ -50,55 +47,9 @@ options:
   disk_mb:
     description: Override the probed storage size (MiB).
     type: int
-  storage_backend:
-    description: Where VM disks live.
-    type: str
-    choices: [dir, lvm]
-    default: dir
-  storage_dir:
-    description: Storage directory (backend C(dir)).
-    type: path
-    default: /var/lib/lxcloud
-  storage_vg:
-    description: LVM volume group (backend C(lvm)).
-    type: str
-  images_dir:
-    description: Directory of staged golden images and their C(.json) sidecars.
-    type: path
-    default: /var/lib/lxcloud/images
-  lease_source:
-    description:
-      - Where the allowed IP/MAC pairs come from. C(file) is O(lease_file), C(api) the control
-        plane's lease table, C(auto) the file when it exists else the API, C(none) no MACs.
-    type: str
-    choices: [auto, file, api, none]
-    default: auto
-  lease_file:
-    description: Local lease file, CSV C(ip,mac,name,host).
-    type: path
-    default: /etc/lxcloud/leases.csv
-  libvirt_uri:
-    description: libvirt connection URI (opened read-only).
-    type: str
-    default: qemu:///system
-  api_url:
-    description: Control plane XML-RPC URL; defaults to C(url) in O(api_config).
-    type: str
-  api_session:
-    description: Session string C(user:secret); defaults to C(session) in O(api_config).
-    type: str
-  api_config:
-    description: Credentials file (mode 0600, INI or C(KEY=value) with C(url) and C(session)).
-    type: path
-    default: /etc/lxcloud/api.conf
-  api_timeout:
-    description: Seconds per API call attempt.
-    type: float
-    default: 10
-  api_retries:
-    description: Extra attempts after a connection error (exponential backoff from 0.5 s).
-    type: int
-    default: 3
+extends_documentation_fragment:
+  - lxcloud.cloud.probe
+  - lxcloud.cloud.api
 seealso:
   - module: lxcloud.cloud.host_facts
 """
@@ -151,14 +102,16 @@ facts:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import (
-    ApiClient,
+    API_ARGUMENT_SPEC,
     ApiConfigError,
     ApiError,
-    resolve_credentials,
+    client_from_params,
 )
 from ansible_collections.lxcloud.cloud.plugins.module_utils.host_probe import (
+    PROBE_ARGUMENT_SPEC,
+    PROBE_REQUIRED_IF,
     ProbeError,
-    probe,
+    probe_from_params,
     register,
 )
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import InvalidName
@@ -167,27 +120,14 @@ from ansible_collections.lxcloud.cloud.plugins.module_utils.names import Invalid
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            name=dict(type="str"),
+            PROBE_ARGUMENT_SPEC,
             heartbeat=dict(type="bool", default=False),
             cpu=dict(type="float"),
             memory_mb=dict(type="int"),
             disk_mb=dict(type="int"),
-            storage_backend=dict(type="str", choices=["dir", "lvm"], default="dir"),
-            storage_dir=dict(type="path", default="/var/lib/lxcloud"),
-            storage_vg=dict(type="str"),
-            images_dir=dict(type="path", default="/var/lib/lxcloud/images"),
-            lease_source=dict(
-                type="str", choices=["auto", "file", "api", "none"], default="auto"
-            ),
-            lease_file=dict(type="path", default="/etc/lxcloud/leases.csv"),
-            libvirt_uri=dict(type="str", default="qemu:///system"),
-            api_url=dict(type="str"),
-            api_session=dict(type="str", no_log=True),
-            api_config=dict(type="path", default="/etc/lxcloud/api.conf"),
-            api_timeout=dict(type="float", default=10.0),
-            api_retries=dict(type="int", default=3),
+            **API_ARGUMENT_SPEC
         ),
-        required_if=[("storage_backend", "lvm", ["storage_vg"])],
+        required_if=PROBE_REQUIRED_IF,
         supports_check_mode=True,
     )
     p = module.params
@@ -195,20 +135,8 @@ def main():
         if p[key] is not None and p[key] <= 0:
             module.fail_json(msg="%s must be positive, got %s" % (key, p[key]))
     try:
-        url, session = resolve_credentials(p["api_url"], p["api_session"], p["api_config"])
-        client = ApiClient(url, session, timeout=p["api_timeout"], retries=p["api_retries"])
-        facts = probe(
-            host=p["name"],
-            storage_backend=p["storage_backend"],
-            storage_dir=p["storage_dir"],
-            storage_vg=p["storage_vg"],
-            images_dir=p["images_dir"],
-            lease_source=p["lease_source"],
-            lease_file=p["lease_file"],
-            libvirt_uri=p["libvirt_uri"],
-            client=client,
-            run=module.run_command,
-        )
+        client = client_from_params(p)
+        facts = probe_from_params(p, client, module.run_command)
         result = register(
             client,
             facts,
