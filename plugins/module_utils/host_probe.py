@@ -32,6 +32,7 @@ from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import (
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     InvalidName,
     validate_abs_path,
+    validate_hostname,
     validate_ip,
     validate_mac,
     validate_name,
@@ -213,19 +214,6 @@ def parse_lease_csv(text, host, source="lease file"):
         if lease_host == host:
             leases.append({"ip": ip, "mac": mac, "name": name})
     return sorted(leases, key=lambda lease: lease["mac"])
-
-
-_HOSTNAME_LABEL = re.compile(r"\A[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
-
-
-def validate_hostname(value, what="name"):
-    """A DNS name (labels of letters, digits, hyphens), at most 253 characters."""
-    if not isinstance(value, str) or not value or len(value) > 253:
-        raise InvalidName(what, value, "must be a DNS name of 1..253 characters")
-    for label in value.rstrip(".").split("."):
-        if not _HOSTNAME_LABEL.match(label):
-            raise InvalidName(what, value, "label %r is not a DNS label" % label)
-    return value
 
 
 def leases_from_file(path, host):
