@@ -170,13 +170,13 @@ def farm(testbed_factory: Callable[[int], Testbed],
     work = tmp_path_factory.mktemp("farm")
     installed_before = any(os.path.lexists(p) for p in SHARED_FILES)
     f = Farm(tb, work)
-    _clean_hosts(f, [1, 2])
+    _clean_hosts(f, [1, 2, 3])
     f.start()
     try:
         yield f
     finally:
         f.stop()
-        _clean_hosts(f, [1, 2])
+        _clean_hosts(f, [1, 2, 3])
         for h in HOSTS:
             f.ssh(h, f"rm -f /var/lib/lxcloud/images/{IMAGE}-* /etc/lxcloud/leases.csv",
                   check=False)
@@ -318,4 +318,24 @@ def test_farm_requests_place_deploy_boot_self_terminate_cleanup(farm: Farm) -> N
     out, _ = farm.deploy()
     assert farm.vm(long_id)["state"] == VMState.DONE, out
     assert f"one-{long_id}" not in farm.ssh(long_host, ["virsh", "list", "--all", "--name"])
+
+    # -- the hosts lost the staged image behind the control plane's back: the clone fails, the VM
+    # goes to PROLOG_FAILURE with the host's error; terminate cleans it up like any other
+    for h in HOSTS:
+        farm.ssh(h, f"rm -f /var/lib/lxcloud/images/{IMAGE}-{version}.raw")
+    bad_id = int(farm.call("one.vm.allocate", tpl.format(name="batch-bad", life=0), False))
+    assert bad_id == 3
+    farm.lxcloud("schedule", "--once")
+    assert farm.vm(bad_id)["lcm_state"] == LCMState.PROLOG
+    res = farm.lxcloud("deploy", "--once", "--inventory", farm.tb.inventory, "--api-url",
+                       farm.url, "--disk-backend", "qcow2", "--runtime-dir",
+                       farm.work / "runtime", "-e", f"@{farm.work / 'deploy-vars.yml'}",
+                       check=False)
+    assert res.returncode == 1, res.stdout
+    v = farm.vm(bad_id)
+    assert (v["state"], v["lcm_state"]) == (VMState.ACTIVE, LCMState.PROLOG_FAILURE), res.stdout
+    assert "does not exist" in v["sched_message"], v["sched_message"]
+    farm.lxcloud("vm", "terminate", str(bad_id))
+    out, _ = farm.deploy()
+    assert farm.vm(bad_id)["state"] == VMState.DONE, out
     FIGURES["total_s"] = time.monotonic() - t_all
