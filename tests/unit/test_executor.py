@@ -325,3 +325,20 @@ def test_extra_vars(tmp_path: Path) -> None:
     for bad in (["novalue"], ["bad key=1"], [f"@{tmp_path / 'missing.yml'}"]):
         with pytest.raises(InvalidInput):
             parse_extra_vars(bad)
+
+
+def test_cli_deploy_once(sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from lxcloud_py.cli import main
+
+    assert main(["--db", sqlite_url, "db", "init", "--admin-password", "pw"]) == 0
+    inv = tmp_path / "inv.ini"
+    inv.write_text("[hypervisors]\n")
+    capsys.readouterr()
+    argv = ["--db", sqlite_url, "deploy", "--once", "-i", str(inv), "--api-url", API,
+            "--runtime-dir", str(tmp_path / "rt")]
+    assert main(argv) == 0
+    assert "pass: 0 VM(s), 0 ok, 0 not" in capsys.readouterr().out
+    assert main([*argv[:5], str(tmp_path / "missing.ini")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*argv, "-e", "lxcloud_vms=[]"]) == 1
+    assert "lxcloud_vms" in capsys.readouterr().err
