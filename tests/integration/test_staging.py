@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,10 @@ def tb(testbed_factory: Callable[[int], Testbed]) -> Testbed:
 
 
 @pytest.fixture(scope="module")
-def hosts4(tb: Testbed) -> list[str]:
-    return [h.name for h in tb.hosts[:4]]
+def hosts4(tb: Testbed) -> Iterator[list[str]]:
+    names = [h.name for h in tb.hosts[:4]]
+    yield names
+    _clean(tb, names)  # the shared testbed keeps nothing of these tests
 
 
 @pytest.fixture(scope="module")
