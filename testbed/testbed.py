@@ -191,11 +191,50 @@ class Host:
         return self.dir / "run" / "libvirt" / "libvirt-sock"
 
 
+#: Where a testbed's state goes when the directory asked for lies under a path every host
+#: replaces (a clone in /tmp or /root, say): the asked-for path becomes a link to it.
+RELOCATED_ROOT = Path("/var/lib/lxcloud-testbed")
+
+
+def _replaced_by_hosts(d: Path) -> str | None:
+    """The bind target (a path each host replaces with its own) that ``d`` lies under."""
+    for _, target in DIR_BINDS:
+        if str(d) == target or str(d).startswith(target.rstrip("/") + "/"):
+            return target
+    return None
+
+
+def state_dir(asked: Path) -> Path:
+    """The real state directory for ``asked``.
+
+    A testbed's per-host directories are bound over /run, /tmp, /root ... inside each host,
+    so they cannot live under one of those paths. A directory asked for there (a fresh clone
+    in /tmp, CI's checkout under /root) is relocated to ``RELOCATED_ROOT/<name>-<hash>``, and
+    ``asked`` becomes a link to it, so ``<repo>/.testbed/inventory.ini`` works wherever the
+    repository is.
+    """
+    link = Path(os.path.abspath(asked))
+    if _replaced_by_hosts(link.resolve()) is None:  # also a link made here before
+        return link.resolve() if link.is_symlink() else link
+    tag = uuid.uuid5(uuid.NAMESPACE_URL, str(link)).hex[:10]
+    real = RELOCATED_ROOT / f"{link.name.lstrip('.') or 'testbed'}-{tag}"
+    if link.exists() and not link.is_symlink():
+        raise TestbedError(
+            f"{link} lies under {_replaced_by_hosts(link)}, which every host replaces with its "
+            f"own directory: remove it (its state moves to {real}) or set LXCLOUD_TESTBED_DIR"
+        )
+    real.mkdir(parents=True, exist_ok=True)
+    if not (link.is_symlink() and link.resolve() == real):
+        link.unlink(missing_ok=True)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(real)
+    return real
+
+
 class Testbed:
     def __init__(self, directory: Path | None = None) -> None:
-        self.dir = Path(
-            directory or os.environ.get("LXCLOUD_TESTBED_DIR") or REPO / ".testbed"
-        ).absolute()
+        asked = Path(directory or os.environ.get("LXCLOUD_TESTBED_DIR") or REPO / ".testbed")
+        self.dir = state_dir(asked)
         self.state = self.load_state()
         want_net = self._setting("net", "LXCLOUD_TESTBED_NET", DEFAULT_NET)
         try:
@@ -231,13 +270,12 @@ class Testbed:
 
     # -- layout -----------------------------------------------------------------------------
     def _check_dir(self) -> None:
-        d = str(self.dir)
-        for _, target in DIR_BINDS:
-            if d == target or d.startswith(target.rstrip("/") + "/"):
-                raise TestbedError(
-                    f"LXCLOUD_TESTBED_DIR={d} lies under {target}, which every host replaces "
-                    "with its own directory; choose another place"
-                )
+        target = _replaced_by_hosts(self.dir)
+        if target is not None:  # state_dir relocates such a directory; a link loop would not
+            raise TestbedError(
+                f"LXCLOUD_TESTBED_DIR={self.dir} lies under {target}, which every host replaces "
+                "with its own directory; choose another place"
+            )
 
     @property
     def max_hosts(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,13 +23,14 @@ _spec.loader.exec_module(tbmod)
 def tb(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     for var in ("LXCLOUD_TESTBED_NET", "LXCLOUD_TESTBED_PREFIX", "LXCLOUD_TESTBED_BRIDGE"):
         monkeypatch.delenv(var, raising=False)
-    # Not under /tmp (the hosts replace it): a directory inside the repository's cache.
+    # In the repository's cache: relocated by the testbed when the clone lies under /tmp.
     d = REPO / ".cache" / f"testbed-unit-{os.getpid()}"
-    d.mkdir(parents=True, exist_ok=True)
-    yield tbmod.Testbed(d)
-    import shutil
-
-    shutil.rmtree(d, ignore_errors=True)
+    testbed = tbmod.Testbed(d)
+    testbed.dir.mkdir(parents=True, exist_ok=True)
+    yield testbed
+    shutil.rmtree(testbed.dir, ignore_errors=True)
+    if d.is_symlink():
+        d.unlink()
 
 
 @pytest.mark.parametrize(
@@ -56,10 +58,25 @@ def test_host_layout(tb) -> None:
         tb.host(tb.max_hosts + 1)
 
 
-def test_dir_under_a_replaced_path_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dir_under_a_replaced_path_is_relocated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosts bind their own /tmp, /root, /run ...: a testbed asked for under one of them (a
+    clone in /tmp) lives under RELOCATED_ROOT, reached through a link where it was asked for."""
     monkeypatch.delenv("LXCLOUD_TESTBED_NET", raising=False)
-    with pytest.raises(tbmod.TestbedError, match="/tmp"):
-        tbmod.Testbed(Path("/tmp/somewhere/testbed"))
+    asked = tmp_path / "clone" / ".testbed"
+    assert str(asked).startswith("/tmp/")
+    testbed = tbmod.Testbed(asked)
+    try:
+        assert testbed.dir.parent == tbmod.RELOCATED_ROOT
+        assert asked.is_symlink() and asked.resolve() == testbed.dir
+        assert tbmod.Testbed(asked).dir == testbed.dir  # the link is followed next time
+    finally:
+        shutil.rmtree(testbed.dir, ignore_errors=True)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    with pytest.raises(tbmod.TestbedError, match="every host replaces"):
+        tbmod.Testbed(occupied)
 
 
 def test_settings_of_a_running_testbed_win(tb, monkeypatch: pytest.MonkeyPatch) -> None:
