@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -36,7 +37,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--inventory", "-i", help="Ansible inventory of the hypervisors")
     p.add_argument(
         "--api-url",
-        help="the API URL as the guests reach it (context LXCLOUD_API; executor.api_url)",
+        default=os.environ.get("LXCLOUD_API_URL") or None,
+        help="the API URL as the guests reach it (context LXCLOUD_API; default "
+        "$LXCLOUD_API_URL, else executor.api_url)",
     )
     p.add_argument("--config", metavar="FILE", help="control-plane config (YAML)")
     p.add_argument("--forks", type=int, help="ansible forks (default 50)")
