@@ -623,6 +623,9 @@ def cmd_torrent(args):
                  error=None if ok else "sha256 mismatch: got %s, expected %s"
                  % (digest, args.sha256))
     rc = proc.wait()
+    if args.torrent_hex:  # written by us: leave nothing behind
+        with contextlib.suppress(OSError):
+            os.unlink(torrent)
     if result is None:
         emit(ev="done", ok=False, bytes=0, seconds=round(time.monotonic() - t0, 3),
              error="aria2c exited (rc=%d) before the download completed" % rc)
