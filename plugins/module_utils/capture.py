@@ -25,11 +25,9 @@ import tempfile
 import time
 
 from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import (
-    DEFAULT_CONFIG,
-    ApiClient,
     ApiConfigError,
     ApiError,
-    resolve_credentials,
+    client_from_params,
 )
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     validate_abs_path,
@@ -178,11 +176,11 @@ def xmlrpc_size(n):
     return n if n < 2**31 else float(n)
 
 
-def register(api_url, session, meta, config=None, timeout=30):
-    """``lxcloud.image.register`` the captured image; returns the image id."""
+def register(params, meta):
+    """``lxcloud.image.register`` the captured image; returns the image id. ``params`` are the
+    module's API options (missing URL or session come from ``/etc/lxcloud/api.conf``)."""
     try:
-        url, sess = resolve_credentials(api_url, session, config or DEFAULT_CONFIG)
-        return ApiClient(url, sess, timeout=timeout).call(
+        return client_from_params(params).call(
             "lxcloud.image.register", meta["name"], meta["version"], meta["sha256"],
             xmlrpc_size(meta["size"]), meta["format"], meta["compression"])
     except (ApiError, ApiConfigError) as exc:

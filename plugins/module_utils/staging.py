@@ -36,11 +36,9 @@ import tempfile
 import time
 
 from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import (
-    DEFAULT_CONFIG,
-    ApiClient,
     ApiConfigError,
     ApiError,
-    resolve_credentials,
+    client_from_params,
 )
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     InvalidName,
@@ -446,12 +444,11 @@ def _stage_lvm(plan, stream, run):
     return _meta(plan, digest, nbytes, plan.size)
 
 
-def report(api_url, session, host, name, version, sha256, state, config=None, timeout=30):
-    """Tell the control plane (``lxcloud.host.image``) what this host holds.  Missing URL or
-    session come from the credentials file (``/etc/lxcloud/api.conf``)."""
+def report(params, host, name, version, sha256, state):
+    """Tell the control plane (``lxcloud.host.image``) what this host holds; ``params`` are
+    the module's API options (missing URL or session come from ``/etc/lxcloud/api.conf``)."""
     try:
-        url, sess = resolve_credentials(api_url, session, config or DEFAULT_CONFIG)
-        client = ApiClient(url, sess, timeout=timeout)
+        client = client_from_params(params)
         return client.call("lxcloud.host.image", host, name, version, sha256, state)
     except (ApiError, ApiConfigError) as exc:
         raise ReportError("reporting %s %s (%s) to the control plane failed: %s"

@@ -86,19 +86,11 @@ options:
         on hosts holding the verified image.
       - Default is to report when O(api_url) is given.
     type: bool
-  api_url:
-    description: Control plane XML-RPC endpoint; defaults to C(url) in O(api_config).
-    type: str
-  api_session:
-    description: Session string C(user:secret); defaults to C(session) in O(api_config).
-    type: str
-  api_config:
-    description: Credentials file (mode 0600) with C(url) and C(session).
-    type: path
-    default: /etc/lxcloud/api.conf
   host_name:
     description: This host's name as registered with the control plane (default the hostname).
     type: str
+extends_documentation_fragment:
+  - lxcloud.cloud.api
 attributes:
   check_mode:
     support: full
@@ -156,6 +148,7 @@ import socket
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import API_ARGUMENT_SPEC
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import InvalidName
 from ansible_collections.lxcloud.cloud.plugins.module_utils.staging import (
     Plan,
@@ -181,10 +174,8 @@ def main():
             force=dict(type="bool", default=False),
             remove_src=dict(type="bool", default=False),
             report=dict(type="bool"),
-            api_url=dict(type="str"),
-            api_session=dict(type="str", no_log=True),
-            api_config=dict(type="path", default="/etc/lxcloud/api.conf"),
             host_name=dict(type="str"),
+            **API_ARGUMENT_SPEC
         ),
         required_if=[("backend", "lvm", ("vg", "size"))],
         supports_check_mode=True,
@@ -194,8 +185,7 @@ def main():
     host_name = p["host_name"] or socket.gethostname()
 
     def tell(state):
-        return report(p["api_url"], p["api_session"], host_name, p["name"], p["version"],
-                      p["sha256"], state, config=p["api_config"])
+        return report(p, host_name, p["name"], p["version"], p["sha256"], state)
 
     def run(argv):
         return module.run_command(argv)

@@ -61,16 +61,8 @@ options:
     description: Register the image with the control plane (implied by O(api_url)).
     type: bool
     default: false
-  api_url:
-    description: Control plane XML-RPC endpoint; defaults to C(url) in O(api_config).
-    type: str
-  api_session:
-    description: Session string C(user:secret); defaults to C(session) in O(api_config).
-    type: str
-  api_config:
-    description: Credentials file (mode 0600) with C(url) and C(session).
-    type: path
-    default: /etc/lxcloud/api.conf
+extends_documentation_fragment:
+  - lxcloud.cloud.api
 attributes:
   check_mode:
     support: full
@@ -119,6 +111,7 @@ image_id:
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import API_ARGUMENT_SPEC
 from ansible_collections.lxcloud.cloud.plugins.module_utils.capture import capture, register
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import InvalidName
 from ansible_collections.lxcloud.cloud.plugins.module_utils.staging import StagingError
@@ -136,9 +129,7 @@ def main():
             threads=dict(type="int", default=0),
             force=dict(type="bool", default=False),
             register=dict(type="bool", default=False),
-            api_url=dict(type="str"),
-            api_session=dict(type="str", no_log=True),
-            api_config=dict(type="path", default="/etc/lxcloud/api.conf"),
+            **API_ARGUMENT_SPEC
         ),
         supports_check_mode=True,
     )
@@ -152,8 +143,7 @@ def main():
                       p["level"], p["threads"], p["force"], module.check_mode, run)
         image_id = None
         if (p["register"] or p["api_url"]) and not module.check_mode:
-            image_id = register(p["api_url"], p["api_session"], res["meta"],
-                                config=p["api_config"])
+            image_id = register(p, res["meta"])
     except (StagingError, InvalidName) as exc:
         module.fail_json(msg=str(exc), exception=traceback.format_exc(),
                          **getattr(exc, "details", {}))

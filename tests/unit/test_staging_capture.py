@@ -92,7 +92,8 @@ def test_capture_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 class FakeAPI:
-    """A stand-in XML-RPC endpoint recording lxcloud.image.register calls."""
+    """A real XML-RPC endpoint on loopback recording lxcloud.image.register and
+    lxcloud.host.image calls (unknown hosts get OpenNebula's NO_EXISTS)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
@@ -102,7 +103,14 @@ class FakeAPI:
             self.calls.append(args)
             return [True, 7, 0]
 
+        def host_image(*args: object) -> list:
+            self.calls.append(args)
+            if args[1] != "lxh1":
+                return [False, f"host {args[1]} does not exist", 0x0400]
+            return [True, 1, 0]
+
         self.server.register_function(register, "lxcloud.image.register")
+        self.server.register_function(host_image, "lxcloud.host.image")
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/RPC2"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -121,8 +129,19 @@ def api() -> Iterator[FakeAPI]:
 def test_register_sends_the_metadata(api: FakeAPI):
     meta = {"name": "g", "version": "1", "sha256": "a" * 64, "size": 5 * 2**30,
             "format": "raw", "compression": "zstd"}
-    assert capture.register(api.url, "oneadmin:pw", meta) == 7
+    params = dict(api_url=api.url, api_session="oneadmin:pw", api_config="/nonexistent",
+                  api_timeout=10, api_retries=0)
+    assert capture.register(params, meta) == 7
     assert api.calls == [("oneadmin:pw", "g", "1", "a" * 64, 5.0 * 2**30, "raw", "zstd")]
+
+
+def test_staging_reports_the_hosts_copy(api: FakeAPI):
+    params = dict(api_url=api.url, api_session="oneadmin:pw", api_config="/nonexistent",
+                  api_timeout=10, api_retries=0)
+    assert staging.report(params, "lxh1", "g", "1", "b" * 64, "verified") == 1
+    assert api.calls == [("oneadmin:pw", "lxh1", "g", "1", "b" * 64, "verified")]
+    with pytest.raises(staging.ReportError, match=r"reporting g 1 \(failed\).*lxh9 does not exist"):
+        staging.report(params, "lxh9", "g", "1", "b" * 64, "failed")
 
 
 @pytest.mark.slow
