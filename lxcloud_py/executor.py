@@ -132,8 +132,9 @@ class ExecutorConfig:
             raise InvalidInput(f"{where}.timeout: must be a positive integer or null")
         if not isinstance(self.vars, dict) or not all(isinstance(k, str) for k in self.vars):
             raise InvalidInput(f"{where}.vars: must be a mapping of variable names")
-        if "lxcloud_vms" in self.vars:
-            raise InvalidInput(f"{where}.vars: lxcloud_vms is the executor's own variable")
+        for own in ("lxcloud_vms", "lxcloud_vm_secrets"):
+            if own in self.vars:
+                raise InvalidInput(f"{where}.vars: {own} is the executor's own variable")
         if self.api_url is not None and not re.match(r"\Ahttps?://[^\s'\"]+\Z", self.api_url):
             raise InvalidInput(f"{where}.api_url: not an http(s) URL: {self.api_url!r}")
 
@@ -379,8 +380,6 @@ class Executor:
                 raise InvalidInput("no API URL for the guests: --api-url or executor.api_url")
             for j in runnable:
                 j.token = vms.issue_token(self.store, j.vm_id)
-                assert j.item is not None
-                j.item["context"]["LXCLOUD_TOKEN"] = j.token
             self.progress(
                 f"deploy: {len(runnable)} VM(s) on {len({j.host for j in runnable})} host(s) "
                 "with vm_deploy.yml"
@@ -622,10 +621,13 @@ class Executor:
                         job.failed_task = job.failed_task or task
 
         items = [j.item for j in jobs if j.item is not None]
+        # Callback tokens travel apart from the VM entries (lxcloud_vm_secrets, by VM name):
+        # Ansible prints a failed loop item whole, and the items must not carry secrets.
+        secrets = {j.domain: {"LXCLOUD_TOKEN": j.token} for j in jobs if j.item and j.token}
         result = self.runner.run(
             playbook,
             dict(self.config.vars),
-            {"lxcloud_vms": items},
+            {"lxcloud_vms": items, "lxcloud_vm_secrets": secrets},
             on_event,
             limit={j.host for j in jobs},
         )

@@ -44,6 +44,7 @@ class ScriptedRun:
             limit: Any = None) -> RunResult:
         items = unsafe_variables["lxcloud_vms"]
         self.calls.append({"playbook": playbook, "vars": variables, "items": items,
+                           "secrets": unsafe_variables.get("lxcloud_vm_secrets"),
                            "limit": set(limit or ())})
         if self.during:
             self.during()
@@ -141,14 +142,18 @@ def test_deploy_builds_one_batch_from_the_database(store: Store, tmp_path: Path)
         ctx = item["context"]
         assert ctx["LXCLOUD_API"] == API and ctx["VMID"] == str(i) and ctx["QUEUE"] == "grid"
         assert "ETH0_IP" not in ctx, "the template must not override the lease's address"
-        # a fresh token per deploy: it is the VM's token now, the old one no longer
-        assert auth.verify_token(ctx["LXCLOUD_TOKEN"], v["token_hash"])
+        # a fresh token per deploy, passed apart from the item (a failed item is printed
+        # whole): it is the VM's token now, the old one no longer
+        assert "LXCLOUD_TOKEN" not in ctx and "token" not in str(item).lower()
+        token = call["secrets"][f"one-{i}"]["LXCLOUD_TOKEN"]
+        assert auth.verify_token(token, v["token_hash"])
         assert v["token_hash"] != old_hash[i]
         assert (v["state"], v["lcm_state"]) == (VMState.ACTIVE, LCMState.RUNNING)
         assert v["started"] and v["deadline"] == pytest.approx(v["started"] + 60)
     assert [o.result for o in out] == ["RUNNING"] * 3
     assert all(o.ok and o.action == "deploy" for o in out)
-    tokens = [i["context"]["LXCLOUD_TOKEN"] for i in items.values()]
+    assert set(call["secrets"]) == set(items)
+    tokens = [s["LXCLOUD_TOKEN"] for s in call["secrets"].values()]
     assert not any(t in format_outcomes(out) for t in tokens)
     # nothing left in PROLOG: the next pass runs nothing
     assert executor(store, run).reconcile_once() == [] and len(run.calls) == 1
