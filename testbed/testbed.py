@@ -664,7 +664,7 @@ class Testbed:
             "ansible_ssh_pipelining=true",
             "ansible_python_interpreter=/usr/bin/python3",
             "lxcloud_state_dir=/var/lib/lxcloud",
-            "lxcloud_storage_dir=/var/lib/lxcloud/images",
+            "lxcloud_images_dir=/var/lib/lxcloud/images",
             "lxcloud_config_dir=/etc/lxcloud",
             "lxcloud_log_dir=/var/log/lxcloud",
             f"lxcloud_api_url={self.api_url}",
