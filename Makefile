@@ -7,7 +7,7 @@ bootstrap:
 	scripts/bootstrap
 
 demo: bootstrap
-	scripts/demo
+	scripts/demo $(ARGS)
 
 test: bootstrap
 	scripts/test
