@@ -22,14 +22,14 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import xmlrpc.client
 from pathlib import Path
+
+from lxcloud_py.api.launcher import ServeProcess
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -78,19 +78,8 @@ def main() -> int:
         bridge, inventory = info["bridge_ip"], info["inventory"]
         hosts = [h["name"] for h in info["hosts"]][: args.hosts]
         lxcloud("db", "init", "--admin-password", password)
-        with socket.socket() as s:
-            s.bind((bridge, 0))
-            port = s.getsockname()[1]
-        url = f"http://{bridge}:{port}/RPC2"
-        log = open(work / "serve.log", "wb")  # noqa: SIM115 - lives with the server
-        server = subprocess.Popen([str(BIN / "lxcloud"), "--db", db, "serve", "--listen",
-                                   f"{bridge}:{port}"], stdout=log, stderr=log)
-        for _ in range(200):
-            try:
-                socket.create_connection((bridge, port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        server = ServeProcess(db, work / "serve.log", bridge).start()
+        url = server.url
         api = xmlrpc.client.ServerProxy(url)
 
         def call(method: str, *a: object) -> object:
@@ -158,9 +147,8 @@ def main() -> int:
             done = len(re.findall(r"\bdestroy\s+DONE\b", out))
             rows.append((n, running, t_deploy, t_markers, len(pending), done, t_destroy))
     finally:
-        if server and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(15)
+        if server:
+            server.stop()
         subprocess.run(["/usr/bin/python3", str(REPO / "testbed" / "testbed.py"), "down",
                         "--force"], env=env, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -18,12 +18,13 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from lxcloud_py.api.launcher import ServeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -64,23 +65,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="lxcloud-bench-"))
     db = f"sqlite:///{work / 'lxcloud.db'}"
     pw = secrets.token_urlsafe(12)
-    with socket.socket() as s:
-        s.bind((bridge, 0))
-        port = s.getsockname()[1]
     subprocess.run([BIN / "lxcloud", "--db", db, "db", "init", "--admin-password", pw],
                    check=True, capture_output=True)
-    log = open(work / "serve.log", "wb")  # noqa: SIM115
-    serve = subprocess.Popen([BIN / "lxcloud", "--db", db, "serve", "--listen",
-                              f"{bridge}:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    serve = ServeProcess(db, work / "serve.log", bridge).start()
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection((bridge, port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         extra = work / "vars.json"
-        extra.write_text(json.dumps({"lxcloud_api_url": f"http://{bridge}:{port}/RPC2",
+        extra.write_text(json.dumps({"lxcloud_api_url": serve.url,
                                      "lxcloud_api_session": f"oneadmin:{pw}",
                                      "lxcloud_apt_update_cache": False}))
         env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
@@ -103,9 +93,7 @@ def main() -> int:
         with open("/proc/loadavg") as fh:
             print(f"load average: {fh.read().split()[0]} on {os.cpu_count()} CPUs")
     finally:
-        serve.terminate()
-        serve.wait(15)
-        log.close()
+        serve.stop()
         subprocess.run(["rm", "-rf", "--", str(work)], check=False)
     return 0
 

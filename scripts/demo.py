@@ -21,12 +21,13 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import xmlrpc.client
 from pathlib import Path
+
+from lxcloud_py.api.launcher import ServeProcess
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -54,25 +55,6 @@ def lxcloud(
     if check and res.returncode != 0:
         raise SystemExit(f"demo: `lxcloud {' '.join(args)}` failed with exit code {res.returncode}")
     return res
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("demo: the API server exited early (see demo/serve.log)")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("demo: the API server did not listen in time")
 
 
 def call(proxy: xmlrpc.client.ServerProxy, method: str, session: str, *args: object) -> object:
@@ -139,17 +121,10 @@ def main() -> int:
     print("".join((work / "dnsmasq.hosts").read_text().splitlines(keepends=True)[:3]), end="")
 
     step("3. Start the API server (XML-RPC, OpenNebula protocol)")
-    port = free_port()
-    log = open(work / "serve.log", "wb")  # noqa: SIM115 - the server writes it until the end
-    server = subprocess.Popen(
-        [str(BIN / "lxcloud"), "serve", "--listen", f"127.0.0.1:{port}"],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
+    server = ServeProcess(env["LXCLOUD_DB"], work / "serve.log", env=env)
     try:
-        wait_listening(port, server)
-        url = f"http://127.0.0.1:{port}/RPC2"
+        server.start()
+        url = server.url
         api = xmlrpc.client.ServerProxy(url, allow_none=False)
         print(f"listening on {url}; {call(api, 'one.system.version', admin)}")
 
@@ -222,12 +197,7 @@ def main() -> int:
         print(f"  VM {vm_id} asked to terminate itself: accepted")
         lxcloud("vm", "list", env=env)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()
     print(f"\nThe demo's database, lease file and server log are in {work}/")
     if not opts.farm:
         return 0
@@ -313,7 +283,7 @@ class Farm:
         self.env = dict(os.environ, **FARM_TB, LXCLOUD_DB=self.db,
                         LXCLOUD_ADMIN_PASSWORD=self.password, ANSIBLE_NOCOLOR="1",
                         PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-        self.server: subprocess.Popen[bytes] | None = None
+        self.server: ServeProcess | None = None
         self.figures: dict[str, float] = {}
 
     def testbed(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -353,13 +323,8 @@ class Farm:
             print(f"The farm's database, logs and image repository are in {self.work}/")
 
     def _stop_server(self) -> None:
-        if self.server and self.server.poll() is None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(10)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+        if self.server:
+            self.server.stop()
 
     def _run(self) -> None:
         env = self.env
@@ -377,23 +342,8 @@ class Farm:
         step(f"F2. The control plane on the testbed bridge {bridge_ip}, and the lease file "
              "(every lease pinned to one host)")
         lxcloud("db", "init", env=env)
-        with socket.socket() as s:
-            s.bind((bridge_ip, 0))
-            port = int(s.getsockname()[1])
-        self.url = f"http://{bridge_ip}:{port}/RPC2"
-        log = open(self.work / "serve.log", "wb")  # noqa: SIM115 - the server writes it
-        self.server = subprocess.Popen(
-            [str(BIN / "lxcloud"), "serve", "--listen", f"{bridge_ip}:{port}"],
-            env=env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection((bridge_ip, port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.server.poll() is not None:
-                    raise SystemExit("demo: the farm's API server did not start") from None
-                time.sleep(0.1)
+        self.server = ServeProcess(self.db, self.work / "serve.log", bridge_ip, env=env).start()
+        self.url = self.server.url
         print(f"API: {self.url}")
         rows = ["ip,mac,name,host"]
         for h, host in enumerate(FARM_HOSTS, start=1):

@@ -11,15 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from lxcloud_py.api.launcher import ServeProcess
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = REPO / "images" / "guest"
@@ -27,12 +27,6 @@ CALLBACK = REPO / "roles" / "golden_node" / "files" / "lxcloud-callback"
 LXCLOUD = Path(sys.executable).parent / "lxcloud"
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 ADMIN = "oneadmin:test-admin-pw"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -43,25 +37,10 @@ class Server:
             [LXCLOUD, "db", "init", "--admin-password", ADMIN.split(":", 1)[1]],
             env=self.env, check=True, capture_output=True, timeout=60,
         )  # fmt: skip
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/RPC2"
-        self.log = tmp / "serve.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [LXCLOUD, "serve", "--listen", f"127.0.0.1:{self.port}"],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        self.server = ServeProcess(self.env["LXCLOUD_DB"], tmp / "serve.log", env=self.env).start()
+        self.url = self.server.url
+        self.log = self.server.log_path
         self.api = xmlrpc.client.ServerProxy(self.url)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.api.one.system.version(ADMIN)
-                break
-            except OSError as e:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = self.log.read_text()
-                    raise RuntimeError(f"lxcloud serve did not start:\n{log}") from e
-                time.sleep(0.1)
 
     def new_vm(self, name: str) -> tuple[int, str]:
         ok, vm_id, _code = self.api.one.vm.allocate(
@@ -78,12 +57,7 @@ class Server:
         return xml.split("<STATE>", 1)[1].split("</STATE>", 1)[0]
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,6 @@ import json
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +34,7 @@ from ansible_collections.lxcloud.cloud.plugins.module_utils.capture import (
 from testbed_helpers import Testbed
 
 from lxcloud_py import vms
+from lxcloud_py.api.launcher import ServeProcess, free_port
 from lxcloud_py.leases import lease_of_vm
 from lxcloud_py.model import LCMState, VMState
 from lxcloud_py.store import Store
@@ -62,12 +61,6 @@ SHARED_FILES = [  # what the hypervisor role installs in the shared root filesys
 FIGURES: dict[str, float] = {}
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _run(argv: list[object], env: dict[str, str] | None = None, timeout: float = 300,
          check: bool = True) -> subprocess.CompletedProcess[str]:
     res = subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env,
@@ -87,10 +80,9 @@ class Farm:
         self.password = secrets.token_urlsafe(16)
         self.session = f"oneadmin:{self.password}"
         self.listen = tb.bridge_ip
-        self.port = _free_port(self.listen)
-        self.url = f"http://{self.listen}:{self.port}/RPC2"
+        self.server = ServeProcess(self.db, work / "serve.log", self.listen)
+        self.url = self.server.url
         self.env = {**tb.ansible_env(), "ANSIBLE_NOCOLOR": "1"}
-        self.proc: subprocess.Popen[bytes] | None = None
         self.store = Store(self.db)
 
     def lxcloud(self, *args: object, check: bool = True,
@@ -108,31 +100,10 @@ class Farm:
 
     def start(self) -> None:
         self.lxcloud("db", "init", "--admin-password", self.password)
-        self.log = open(self.work / "serve.log", "ab")  # noqa: SIM115 - lives with the server
-        self.proc = subprocess.Popen(
-            [BIN / "lxcloud", "--db", self.db, "serve", "--listen", f"{self.listen}:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.work / "serve.log").read_text()[-3000:]
-            try:
-                socket.create_connection((self.listen, self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("lxcloud serve did not listen within 30 s")
+        self.server.start()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log", None):
-            self.log.close()
+        self.server.stop()
         self.store.dispose()
 
     def vm(self, vm_id: int) -> dict:
@@ -237,7 +208,7 @@ def test_farm_requests_place_deploy_boot_self_terminate_cleanup(farm: Farm) -> N
     res = farm.lxcloud("image", "stage", IMAGE, "--version", version, "--strategy", "chain",
                        "--inventory", farm.tb.inventory, "--limit", ",".join(HOSTS),
                        "--repo", repo, "--api-url", farm.url, "--quiet", "--port",
-                       str(_free_port("127.0.0.1")))
+                       str(free_port("127.0.0.1")))
     FIGURES["stage_chain_s"] = time.monotonic() - t0
     assert f"{len(HOSTS)}/{len(HOSTS)} hosts hold the verified image" in res.stdout, res.stdout
 

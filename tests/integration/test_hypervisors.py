@@ -14,8 +14,6 @@ import os
 import re
 import secrets
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import ApiClient
+
+from lxcloud_py.api.launcher import ServeProcess, free_port
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -64,12 +64,6 @@ def remove_shared_files() -> None:
     subprocess.run(["rm", "-rf", "--", *SHARED_FILES], check=True)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 class ControlPlane:
     """``lxcloud serve`` on the testbed bridge with a temporary SQLite database."""
 
@@ -78,9 +72,9 @@ class ControlPlane:
         self.db = f"sqlite:///{workdir / 'lxcloud.db'}"
         self.password = secrets.token_urlsafe(16)
         self.session = f"oneadmin:{self.password}"
-        self.port = _free_port(LISTEN_HOST)
+        self.port = free_port(LISTEN_HOST)
         self.url = f"http://{LISTEN_HOST}:{self.port}/RPC2"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.server: ServeProcess | None = None
 
     def lxcloud(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -91,33 +85,12 @@ class ControlPlane:
     def start(self, *serve_args: str) -> None:
         if not (self.dir / "lxcloud.db").exists():
             self.lxcloud("db", "init", "--admin-password", self.password)
-        self.log = open(self.dir / "serve.log", "ab")  # noqa: SIM115 - lives with the server
-        self.proc = subprocess.Popen(
-            [BIN / "lxcloud", "--db", self.db, "serve", "--listen",
-             f"{LISTEN_HOST}:{self.port}", *serve_args],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.dir / "serve.log").read_text()[-3000:])
-            try:
-                socket.create_connection((LISTEN_HOST, self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("lxcloud serve did not listen within 30 s")
+        self.server = ServeProcess(self.db, self.dir / "serve.log", LISTEN_HOST, self.port,
+                                   serve_args).start()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log", None):
-            self.log.close()
+        if self.server:
+            self.server.stop()
 
     @property
     def client(self) -> ApiClient:
