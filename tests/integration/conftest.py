@@ -21,13 +21,13 @@ from typing import IO
 
 import pytest
 from testbed_helpers import (
-    REPO,
     SYSTEM_PYTHON,
     TESTBED_PY,
     Testbed,
     TestbedHost,
     no_testbed_reason,
     skip_or_fail,
+    testbed_dir,
 )
 
 __all__ = ["Testbed", "TestbedHost", "no_testbed_reason", "skip_or_fail"]
@@ -85,10 +85,6 @@ class TestbedSession:
                 )
         self.lease.close()
         self.lease = None
-
-
-def testbed_dir() -> Path:
-    return Path(os.environ.get("LXCLOUD_TESTBED_DIR") or REPO / ".testbed").absolute()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ missing fails alone, and destroy removes domain, clone, context and console log.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from libvirt_helpers import REPO, playbook, task_results
+from testbed_helpers import testbed_dir
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -30,10 +30,10 @@ def tbhost(request: pytest.FixtureRequest) -> dict:
     try:
         tb = request.getfixturevalue("testbed")
         tb = tb(1) if callable(tb) else tb
-        tb_dir = Path(getattr(tb, "dir", Path(REPO) / ".testbed"))
+        tb_dir = Path(getattr(tb, "dir", testbed_dir()))
         inventory = Path(getattr(tb, "inventory", tb_dir / "inventory.ini"))
     except pytest.FixtureLookupError:
-        tb_dir = Path(os.environ.get("LXCLOUD_TESTBED_DIR", Path(REPO) / ".testbed"))
+        tb_dir = testbed_dir()
         inventory = tb_dir / "inventory.ini"
         if not inventory.exists():
             pytest.skip("no testbed fixture and no testbed up (run testbed/up 1)")

@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TESTBED_PY = REPO / "testbed" / "testbed.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@functools.cache
+def _testbed_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("lxcloud_testbed", TESTBED_PY)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def testbed_dir() -> Path:
+    """The testbed's real state directory: $LXCLOUD_TESTBED_DIR or <repo>/.testbed, relocated by
+    testbed.py when it lies under a path the hosts replace (a clone in /tmp or /root)."""
+    asked = Path(os.environ.get("LXCLOUD_TESTBED_DIR") or REPO / ".testbed")
+    return Path(_testbed_module().state_dir(asked))
 
 
 def skip_or_fail(reason: str) -> None:
