@@ -158,6 +158,14 @@ API_ARGUMENT_SPEC = dict(
 )
 
 
+def api_params(api_url=None, api_session=None, **overrides):
+    """The API options as a module receives them (the spec's defaults filled in), for code
+    outside a module that calls functions taking a module's ``params``."""
+    params = dict((key, spec.get("default")) for key, spec in API_ARGUMENT_SPEC.items())
+    params.update(api_url=api_url, api_session=api_session, **overrides)
+    return params
+
+
 def client_from_params(params, required=True):
     """An ApiClient from a module's API options, else the credentials file.
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import api_params
 from ansible_collections.lxcloud.cloud.plugins.module_utils.capture import capture
 from ansible_collections.lxcloud.cloud.plugins.module_utils.capture import (
     register as register_image,
@@ -203,7 +204,7 @@ def test_farm_requests_place_deploy_boot_self_terminate_cleanup(farm: Farm) -> N
     repo = farm.work / "repo"
     version = (IMAGE_DIR / "golden.raw.sha256").read_text().split()[0][:12]
     meta = capture(str(IMAGE_DIR / "golden.raw"), IMAGE, version, str(repo))["meta"]
-    register_image(farm.url, farm.session, meta)
+    register_image(api_params(farm.url, farm.session), meta)
     t0 = time.monotonic()
     res = farm.lxcloud("image", "stage", IMAGE, "--version", version, "--strategy", "chain",
                        "--inventory", farm.tb.inventory, "--limit", ",".join(HOSTS),

@@ -14,6 +14,7 @@ from xmlrpc.server import SimpleXMLRPCServer
 
 import pytest
 from ansible_collections.lxcloud.cloud.plugins.module_utils import capture, staging
+from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import api_params
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -129,15 +130,13 @@ def api() -> Iterator[FakeAPI]:
 def test_register_sends_the_metadata(api: FakeAPI):
     meta = {"name": "g", "version": "1", "sha256": "a" * 64, "size": 5 * 2**30,
             "format": "raw", "compression": "zstd"}
-    params = dict(api_url=api.url, api_session="oneadmin:pw", api_config="/nonexistent",
-                  api_timeout=10, api_retries=0)
+    params = api_params(api.url, "oneadmin:pw", api_config="/nonexistent", api_retries=0)
     assert capture.register(params, meta) == 7
     assert api.calls == [("oneadmin:pw", "g", "1", "a" * 64, 5.0 * 2**30, "raw", "zstd")]
 
 
 def test_staging_reports_the_hosts_copy(api: FakeAPI):
-    params = dict(api_url=api.url, api_session="oneadmin:pw", api_config="/nonexistent",
-                  api_timeout=10, api_retries=0)
+    params = api_params(api.url, "oneadmin:pw", api_config="/nonexistent", api_retries=0)
     assert staging.report(params, "lxh1", "g", "1", "b" * 64, "verified") == 1
     assert api.calls == [("oneadmin:pw", "lxh1", "g", "1", "b" * 64, "verified")]
     with pytest.raises(staging.ReportError, match=r"reporting g 1 \(failed\).*lxh9 does not exist"):
