@@ -26,8 +26,8 @@ from testbed_helpers import (
     Testbed,
     TestbedHost,
     no_testbed_reason,
+    shared_testbed_dir,
     skip_or_fail,
-    testbed_dir,
 )
 
 __all__ = ["Testbed", "TestbedHost", "no_testbed_reason", "skip_or_fail"]
@@ -89,7 +89,7 @@ class TestbedSession:
 
 @pytest.fixture(scope="session")
 def _testbed_session() -> Iterator[TestbedSession]:
-    session = TestbedSession(testbed_dir())
+    session = TestbedSession(shared_testbed_dir())
     try:
         yield session
     finally:

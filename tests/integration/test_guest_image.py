@@ -39,7 +39,7 @@ from libvirt_helpers import (  # noqa: E402
     fix_kvm_permissions,
     release_libvirtd,
 )
-from testbed_helpers import testbed_dir  # noqa: E402
+from testbed_helpers import shared_testbed_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDER = REPO / "images" / "build-test-image"
@@ -269,7 +269,7 @@ BRIDGE_IP = "10.213.0.1"
 
 def _testbed_has_hosts() -> bool:
     try:
-        return bool(json.loads((testbed_dir() / "state.json").read_text()).get("hosts"))
+        return bool(json.loads((shared_testbed_dir() / "state.json").read_text()).get("hosts"))
     except (OSError, ValueError):
         return False
 

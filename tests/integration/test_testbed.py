@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from testbed_helpers import REPO, Testbed, no_testbed_reason, skip_or_fail, testbed_dir
+from testbed_helpers import REPO, Testbed, no_testbed_reason, shared_testbed_dir, skip_or_fail
 
 pytestmark = [pytest.mark.testbed]
 
@@ -204,7 +204,7 @@ def _loop_mount(tmp: Path) -> tuple[Path, str]:
 
 @pytest.mark.slow
 def test_lifecycle_up_grow_shape_down_leaves_nothing(tmp_path: Path) -> None:
-    tb_dir = testbed_dir() / f"selftest-{os.getpid()}"
+    tb_dir = shared_testbed_dir() / f"selftest-{os.getpid()}"
     env = {**PRIVATE, "LXCLOUD_TESTBED_DIR": str(tb_dir)}
     if subprocess.run(["ip", "link", "show", PRIVATE["LXCLOUD_TESTBED_BRIDGE"]],
                       capture_output=True).returncode == 0:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from libvirt_helpers import REPO, playbook, task_results
-from testbed_helpers import testbed_dir
+from testbed_helpers import shared_testbed_dir
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
@@ -30,10 +30,10 @@ def tbhost(request: pytest.FixtureRequest) -> dict:
     try:
         tb = request.getfixturevalue("testbed")
         tb = tb(1) if callable(tb) else tb
-        tb_dir = Path(getattr(tb, "dir", testbed_dir()))
+        tb_dir = Path(getattr(tb, "dir", shared_testbed_dir()))
         inventory = Path(getattr(tb, "inventory", tb_dir / "inventory.ini"))
     except pytest.FixtureLookupError:
-        tb_dir = testbed_dir()
+        tb_dir = shared_testbed_dir()
         inventory = tb_dir / "inventory.ini"
         if not inventory.exists():
             pytest.skip("no testbed fixture and no testbed up (run testbed/up 1)")

@@ -32,7 +32,7 @@ def _testbed_module() -> ModuleType:
     return module
 
 
-def testbed_dir() -> Path:
+def shared_testbed_dir() -> Path:
     """The testbed's real state directory: $LXCLOUD_TESTBED_DIR or <repo>/.testbed, relocated by
     testbed.py when it lies under a path the hosts replace (a clone in /tmp or /root)."""
     asked = Path(os.environ.get("LXCLOUD_TESTBED_DIR") or REPO / ".testbed")
