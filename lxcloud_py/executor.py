@@ -3,54 +3,40 @@
 One pass (:meth:`Executor.reconcile_once`):
 
 1. VMs in ACTIVE/SHUTDOWN (their own callback or an operator asked to terminate them):
-   ``playbooks/vm_destroy.yml`` once for all of them; each VM the run destroyed becomes DONE
-   and its lease is free again; a VM the run could not destroy goes to ACTIVE/EPILOG_FAILURE
-   with the error (``terminate`` again retries).
+   the collection's playbook ``lxcloud.cloud.vm_destroy`` once for all of them; each VM the
+   run destroyed becomes DONE and its lease is free again; a VM the run could not destroy
+   goes to ACTIVE/EPILOG_FAILURE with the error (``terminate`` again retries).
 2. VMs in ACTIVE/PROLOG (the scheduler bound them to a lease and so to a host):
-   ``playbooks/vm_deploy.yml`` once for the whole batch (the playbook groups the VMs by host,
+   ``lxcloud.cloud.vm_deploy`` once for the whole batch (the playbook groups the VMs by host,
    hosts run in parallel with many forks); per VM, the runner's events decide: ACTIVE/RUNNING,
    or ACTIVE/PROLOG_FAILURE (clone or context failed, host unreachable) or ACTIVE/BOOT_FAILURE
    (define/start failed), with the error in the history and in ``sched_message``.
 
 Every VM gets a fresh callback token per deploy (:func:`lxcloud_py.vms.issue_token`); tokens
 travel only in the job's private vars file (mode 0600, in a 0700 job directory) and are never
-logged. The job directory is removed after the run unless ``keep_artifacts``.
-
-:class:`PlaybookRunner` is the one ansible-runner adapter: ``run_async`` with an
-``event_handler`` that only enqueues (and returns False, so no event with VM data is written to
-disk), a ``status_handler`` and a ``finished_callback``; events are consumed in the caller's
-thread.
+logged. Playbooks run through the one ansible-runner adapter, :mod:`lxcloud_py.runner`; the
+per-VM outcome is read from its event stream.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import queue
 import re
-import shutil
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy import select
 
 from lxcloud_py import template, vms
 from lxcloud_py.config import Config
 from lxcloud_py.model import ImageState, InvalidInput, LCMState, VMState
+from lxcloud_py.runner import PlaybookRunner, RunResult, playbook
 from lxcloud_py.store import Store, schema
 
 log = logging.getLogger("lxcloud.executor")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PLAYBOOKS = REPO_ROOT / "playbooks"
 DISK_BACKENDS = ("qcow2", "reflink", "copy", "lvm")
 RESULT_TASK = "lxcloud VM result"
 #: Deploy tasks whose failure means the disk was not prepared (else: the boot failed).
@@ -70,13 +56,6 @@ CONTEXT_KEY = re.compile(r"\A[A-Z][A-Z0-9_]*\Z")
 _BAD_VALUE = re.compile(r"['\n\r\x00]|\{\{|\{%|\{#")
 
 
-def _default_runtime_dir() -> Path:
-    base = os.environ.get("LXCLOUD_RUNTIME_DIR")
-    if base:
-        return Path(base)
-    return Path(tempfile.gettempdir()) / f"lxcloud-executor-{os.getuid()}"
-
-
 @dataclass
 class ExecutorConfig:
     """How the executor runs playbooks. Config file section ``executor`` (every key optional)::
@@ -85,7 +64,7 @@ class ExecutorConfig:
           inventory: /etc/lxcloud/hypervisors.ini
           api_url: http://10.0.0.1:2633/RPC2   # LXCLOUD_API as the guests reach it
           runtime_dir: /run/lxcloud/executor   # job dirs (0700) live here
-          keep_artifacts: false
+          keep_artifacts: false                # true: keep every job's dir (failed: always)
           forks: 50
           timeout: 1800                        # seconds per playbook run (null: none)
           disk_backend: qcow2                  # null: the hosts' lxcloud_disk_backend
@@ -137,173 +116,6 @@ class ExecutorConfig:
                 raise InvalidInput(f"{where}.vars: {own} is the executor's own variable")
         if self.api_url is not None and not re.match(r"\Ahttps?://[^\s'\"]+\Z", self.api_url):
             raise InvalidInput(f"{where}.api_url: not an http(s) URL: {self.api_url!r}")
-
-
-# -- the ansible-runner adapter -------------------------------------------------------------------
-@dataclass
-class RunResult:
-    status: str  # successful | failed | timeout | canceled | error
-    rc: int | None
-    seconds: float
-    stdout_tail: str = ""
-    artifacts: str | None = None  # the kept job directory
-
-
-class _Unsafe(str):
-    """A string Ansible must never template (written as ``!unsafe``)."""
-
-
-class _VarsDumper(yaml.SafeDumper):
-    pass
-
-
-_VarsDumper.add_representer(
-    _Unsafe, lambda d, s: d.represent_scalar("!unsafe", str(s), style="'")
-)
-
-
-def _unsafe(value: Any) -> Any:
-    if isinstance(value, str):
-        return _Unsafe(value)
-    if isinstance(value, dict):
-        return {k: _unsafe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_unsafe(v) for v in value]
-    return value
-
-
-class PlaybookRunner:
-    """Runs one playbook per job with ansible-runner in a private job directory."""
-
-    def __init__(
-        self,
-        inventory: str,
-        runtime_dir: str | os.PathLike[str] | None = None,
-        *,
-        forks: int = 50,
-        timeout: int | None = None,
-        keep_artifacts: bool = False,
-        playbooks_dir: Path = PLAYBOOKS,
-    ) -> None:
-        self.inventory = str(Path(inventory).absolute())
-        if not Path(self.inventory).exists():
-            raise InvalidInput(f"inventory {inventory!r} does not exist")
-        self.runtime_dir = Path(runtime_dir) if runtime_dir else _default_runtime_dir()
-        self.forks = forks
-        self.timeout = timeout
-        self.keep_artifacts = keep_artifacts
-        self.playbooks_dir = playbooks_dir
-        self._cancel = threading.Event()
-
-    def cancel(self) -> None:
-        """Ask a running job to stop (safe from a signal handler)."""
-        self._cancel.set()
-
-    def _job_dir(self) -> Path:
-        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = self.runtime_dir.stat()
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise InvalidInput(
-                f"runtime dir {self.runtime_dir} must be owned by uid {os.getuid()} and "
-                f"not accessible to others (mode {st.st_mode & 0o777:o})"
-            )
-        return Path(tempfile.mkdtemp(prefix="job-", dir=self.runtime_dir))  # mode 0700
-
-    def _env(self) -> dict[str, str]:
-        bindir = str(Path(sys.executable).parent)
-        return {
-            "ANSIBLE_CONFIG": os.environ.get("ANSIBLE_CONFIG", str(REPO_ROOT / "ansible.cfg")),
-            "PATH": bindir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        }
-
-    def run(
-        self,
-        playbook: str,
-        variables: dict[str, Any],
-        unsafe_variables: dict[str, Any],
-        on_event: Callable[[dict[str, Any]], None],
-        limit: Iterable[str] | None = None,
-    ) -> RunResult:
-        """Run ``playbook`` (a file in the playbooks dir) with the variables (``unsafe_variables``
-        are marked ``!unsafe``: Ansible passes them on without templating); every runner event
-        goes to ``on_event`` in this thread, in order."""
-        import ansible_runner  # heavy: imported when a job runs
-
-        self._cancel.clear()
-        job = self._job_dir()
-        t0 = time.monotonic()
-        try:
-            vars_file = job / "vars.yml"
-            fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                yaml.dump(
-                    {**variables, **_unsafe(unsafe_variables)},
-                    fh,
-                    Dumper=_VarsDumper,
-                    default_flow_style=False,
-                    sort_keys=False,
-                )
-            events: queue.Queue[dict[str, Any]] = queue.Queue()
-            done = threading.Event()
-            statuses: list[str] = []
-
-            def event_handler(event: dict[str, Any]) -> bool:
-                events.put(event)
-                return False  # keep VM data (context, tokens) out of job_events/
-
-            def status_handler(data: dict[str, Any], runner_config: Any = None) -> None:
-                statuses.append(str(data.get("status")))
-
-            def finished_callback(runner: Any) -> None:
-                done.set()
-
-            kwargs: dict[str, Any] = {}
-            if limit is not None:
-                kwargs["limit"] = ",".join(sorted(set(limit)))
-            thread, runner = ansible_runner.run_async(
-                private_data_dir=str(job),
-                project_dir=str(self.playbooks_dir),
-                playbook=str(self.playbooks_dir / playbook),
-                inventory=self.inventory,
-                cmdline=f"-e @{vars_file}",
-                forks=self.forks,
-                timeout=self.timeout,
-                envvars=self._env(),
-                quiet=True,
-                suppress_env_files=True,
-                event_handler=event_handler,
-                status_handler=status_handler,
-                finished_callback=finished_callback,
-                cancel_callback=self._cancel.is_set,
-                **kwargs,
-            )
-            while True:
-                try:
-                    on_event(events.get(timeout=0.2))
-                    continue
-                except queue.Empty:
-                    pass
-                if done.is_set() or not thread.is_alive():
-                    thread.join()
-                    while not events.empty():
-                        on_event(events.get_nowait())
-                    break
-            status = str(getattr(runner, "status", None) or (statuses[-1] if statuses else "error"))
-            rc = getattr(runner, "rc", None)
-            tail = ""
-            with contextlib.suppress(OSError):
-                tail = (job / "artifacts").joinpath(
-                    str(getattr(runner.config, "ident", "")), "stdout"
-                ).read_text(errors="replace")[-4000:]
-            return RunResult(
-                status, rc, time.monotonic() - t0, tail, str(job) if self.keep_artifacts else None
-            )
-        finally:
-            if not self.keep_artifacts:
-                shutil.rmtree(job, ignore_errors=True)
 
 
 # -- the executor ---------------------------------------------------------------------------------
@@ -382,9 +194,9 @@ class Executor:
                 j.token = vms.issue_token(self.store, j.vm_id)
             self.progress(
                 f"deploy: {len(runnable)} VM(s) on {len({j.host for j in runnable})} host(s) "
-                "with vm_deploy.yml"
+                "with lxcloud.cloud.vm_deploy"
             )
-            run = self._run("vm_deploy.yml", runnable)
+            run = self._run("vm_deploy", runnable)
         else:
             run = None
         outcomes = []
@@ -431,9 +243,9 @@ class Executor:
         if runnable:
             self.progress(
                 f"destroy: {len(runnable)} VM(s) on {len({j.host for j in runnable})} host(s) "
-                "with vm_destroy.yml"
+                "with lxcloud.cloud.vm_destroy"
             )
-            run = self._run("vm_destroy.yml", runnable)
+            run = self._run("vm_destroy", runnable)
         outcomes = []
         for j in jobs:
             if j.item is None:  # never placed on a host: nothing to remove there
@@ -567,7 +379,7 @@ class Executor:
         return out
 
     # -- running --------------------------------------------------------------------------------
-    def _run(self, playbook: str, jobs: list[_Job]) -> RunResult:
+    def _run(self, name: str, jobs: list[_Job]) -> RunResult:
         by_domain = {j.domain: j for j in jobs}
         unreachable: dict[str, str] = {}
         t0 = time.monotonic()
@@ -625,7 +437,7 @@ class Executor:
         # Ansible prints a failed loop item whole, and the items must not carry secrets.
         secrets = {j.domain: {"LXCLOUD_TOKEN": j.token} for j in jobs if j.item and j.token}
         result = self.runner.run(
-            playbook,
+            playbook(name),
             dict(self.config.vars),
             {"lxcloud_vms": items, "lxcloud_vm_secrets": secrets},
             on_event,
@@ -634,10 +446,9 @@ class Executor:
         for j in jobs:
             if j.result is None:
                 j.seconds = result.seconds
-        log.info("%s: %s (rc %s) in %.1f s", playbook, result.status, result.rc, result.seconds)
-        self.progress(f"{playbook}: {result.status} in {result.seconds:.1f} s")
+        self.progress(f"{name}: {result.status} in {result.seconds:.1f} s")
         if result.artifacts:
-            self.progress(f"  artifacts kept in {result.artifacts} (they hold callback tokens)")
+            self.progress(f"  artifacts kept in {result.artifacts}")
         return result
 
     @staticmethod

@@ -13,8 +13,9 @@ from sqlalchemy import select
 from lxcloud_py import auth, hosts, images, leases, users, vms
 from lxcloud_py.cli.deploy import format_outcomes, parse_extra_vars
 from lxcloud_py.config import load_config
-from lxcloud_py.executor import Executor, ExecutorConfig, RunResult
+from lxcloud_py.executor import Executor, ExecutorConfig
 from lxcloud_py.model import InvalidInput, LCMState, LeaseState, VMState
+from lxcloud_py.runner import RunResult
 from lxcloud_py.scheduler import Scheduler
 from lxcloud_py.store import Store, schema
 
@@ -48,7 +49,7 @@ class ScriptedRun:
                            "limit": set(limit or ())})
         if self.during:
             self.during()
-        steps = STEPS if playbook == "vm_deploy.yml" else DESTROY_STEPS
+        steps = STEPS if playbook == "lxcloud.cloud.vm_deploy" else DESTROY_STEPS
         for host in sorted({i["host"] for i in items}):
             mine = [i for i in items if i["host"] == host]
             if self.script.get(host) == "unreachable":
@@ -126,7 +127,7 @@ def test_deploy_builds_one_batch_from_the_database(store: Store, tmp_path: Path)
         ids)
     assert len(run.calls) == 1, "one playbook run for the whole batch"
     call = run.calls[0]
-    assert call["playbook"] == "vm_deploy.yml"
+    assert call["playbook"] == "lxcloud.cloud.vm_deploy"
     assert call["vars"] == {"lxcloud_vm_network": "user"}
     items = {i["name"]: i for i in call["items"]}
     assert set(items) == {f"one-{i}" for i in ids}
@@ -246,7 +247,7 @@ def test_destroy_done_and_lease_free_or_epilog_failure(store: Store, tmp_path: P
     run = ScriptedRun({f"one-{b}": ("Remove the clone", "rm: Device or resource busy")},
                       )
     out = {o.vm_id: o for o in executor(store, run, disk_backend="lvm").destroy([a, b])}
-    assert run.calls[0]["playbook"] == "vm_destroy.yml"
+    assert run.calls[0]["playbook"] == "lxcloud.cloud.vm_destroy"
     assert {i["name"]: i for i in run.calls[0]["items"]}[f"one-{a}"] == {
         "name": f"one-{a}", "host": vm(store, a)["host"]["name"], "disk": "lvm"}
     assert out[a].result == "DONE" and vm(store, a)["state"] == VMState.DONE
@@ -272,7 +273,8 @@ def test_reconcile_destroys_before_deploying(store: Store, tmp_path: Path) -> No
     (b,) = request(store, f, 1)
     run = ScriptedRun()
     out = executor(store, run).reconcile_once()
-    assert [c["playbook"] for c in run.calls] == ["vm_destroy.yml", "vm_deploy.yml"]
+    assert [c["playbook"] for c in run.calls] == [
+        "lxcloud.cloud.vm_destroy", "lxcloud.cloud.vm_deploy"]
     assert [(o.vm_id, o.result) for o in out] == [(a, "DONE"), (b, "RUNNING")]
 
 

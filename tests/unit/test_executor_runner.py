@@ -1,8 +1,9 @@
 """The ansible-runner adapter with the real ansible-runner and ansible-playbook on localhost
 (connection local, no daemons): events arrive in order in the caller's thread, the job
 directory is owner-only with the vars file 0600 while the job runs, no event is written to disk,
-strings of the VM list are passed on untemplated, and the job directory is removed afterwards
-unless artifacts are kept."""
+strings of the VM list are passed on untemplated, per-host results come from the stats event,
+the vars file never outlives the job, a failed job's directory is kept (the newest N), a
+successful one removed; the collection's playbooks run by FQCN."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from lxcloud_py.executor import PlaybookRunner
 from lxcloud_py.model import InvalidInput
+from lxcloud_py.runner import PlaybookRunner, playbook
 
 PLAYBOOK = """\
 - name: Fake deploy
@@ -50,15 +51,16 @@ def setup(tmp_path: Path) -> dict[str, Path]:
     return {"books": books, "inv": inv, "runtime": runtime}
 
 
-def _run(setup: dict[str, Path], keep: bool) -> tuple[Any, list[dict], list[dict]]:
+def _run(setup: dict[str, Path], keep: bool, keep_failed: int = 20,
+         book: str = "fake.yml") -> tuple[Any, list[dict], list[dict]]:
     runner = PlaybookRunner(str(setup["inv"]), setup["runtime"], forks=5, keep_artifacts=keep,
-                            playbooks_dir=setup["books"])
+                            keep_failed=keep_failed)
     events: list[dict] = []
     seen: list[dict] = []
 
     def on_event(ev: dict) -> None:
         if not seen:  # while the job runs: what is on disk?
-            jobs = list(setup["runtime"].iterdir())
+            jobs = [p for p in setup["runtime"].iterdir() if p.name.startswith("job-")]
             seen.append({
                 "jobs": jobs,
                 "runtime_mode": stat.S_IMODE(setup["runtime"].stat().st_mode),
@@ -69,8 +71,8 @@ def _run(setup: dict[str, Path], keep: bool) -> tuple[Any, list[dict], list[dict
 
     vms = [{"name": "good", "note": "{{ lookup('env', 'HOME') }}", "host": "local1"},
            {"name": "bad", "note": "plain", "host": "local1"}]
-    result = runner.run("fake.yml", {"greeting": "boom"}, {"lxcloud_vms": vms}, on_event,
-                        limit=["local1"])
+    result = runner.run(str(setup["books"] / book), {"greeting": "boom"}, {"lxcloud_vms": vms},
+                        on_event, limit=["local1"])
     return result, events, seen
 
 
@@ -92,8 +94,50 @@ def test_run_events_modes_untemplated_and_cleanup(setup: dict[str, Path]) -> Non
     failed = next(e for e in events if e["event"] == "runner_item_on_failed")
     assert failed["event_data"]["res"]["msg"] == "bad failed: boom"
     assert events[-1]["event"] == "playbook_on_stats"
+    assert result.hosts["local1"].failures == 1 and result.hosts["local1"].ok == 1  # Echo
+    assert result.hosts["local1"].failed and not result.ok
+    assert "PLAY RECAP" in result.stdout_tail
+    # the failed job is kept for a look, without its vars file (it holds the secrets)
+    kept = Path(result.artifacts)
+    assert kept.parent == setup["runtime"] and kept.name.startswith("failed-job-")
+    assert not (kept / "vars.yml").exists()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o700
+    assert list(setup["runtime"].iterdir()) == [kept]
+
+
+def test_successful_job_leaves_nothing(setup: dict[str, Path]) -> None:
+    (setup["books"] / "ok.yml").write_text(PLAYBOOK.replace("vm.name != 'bad'", "true"))
+    result, _, _ = _run(setup, keep=False, book="ok.yml")
+    assert result.ok and result.artifacts is None
+    assert result.hosts["local1"].failures == 0
     assert list(setup["runtime"].iterdir()) == [], "job directory left behind"
-    assert result.artifacts is None and "PLAY RECAP" in result.stdout_tail
+
+
+def test_only_the_newest_failed_jobs_are_kept(setup: dict[str, Path]) -> None:
+    firsts = [_run(setup, keep=False, keep_failed=2)[0].artifacts for _ in range(3)]
+    left = sorted(p.name for p in setup["runtime"].iterdir())
+    assert left == sorted(Path(a).name for a in firsts[1:])
+
+
+def test_collection_playbook_by_fqcn(setup: dict[str, Path], tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """lxcloud.cloud.vm_destroy with no VMs: found by FQCN (not through this checkout), runs
+    from an empty private project dir, changes nothing."""
+    monkeypatch.delenv("ANSIBLE_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    runner = PlaybookRunner(str(setup["inv"]), setup["runtime"], forks=5)
+    result = runner.run(playbook("vm_destroy"), {}, {"lxcloud_vms": []})
+    assert result.ok, result.stdout_tail
+    assert result.hosts["local1"].changed == 0 and not result.hosts["local1"].failed
+
+
+def test_bad_playbook_names_are_refused(setup: dict[str, Path]) -> None:
+    runner = PlaybookRunner(str(setup["inv"]), setup["runtime"])
+    for bad in ("fake.yml", "../x", "lxcloud.cloud", "a.b.c d"):
+        with pytest.raises(InvalidInput):
+            runner.run(bad, {})
+    with pytest.raises(InvalidInput):
+        playbook("vm_deploy.yml")
 
 
 def test_keep_artifacts_writes_no_events(setup: dict[str, Path]) -> None:
@@ -114,3 +158,9 @@ def test_runtime_dir_open_to_others_is_refused(setup: dict[str, Path]) -> None:
 def test_missing_inventory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="does not exist"):
         PlaybookRunner(str(tmp_path / "nope.ini"), tmp_path)
+
+
+def test_a_source_tree_is_no_inventory(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    with pytest.raises(InvalidInput, match="source tree"):
+        PlaybookRunner(str(tmp_path), tmp_path / "rt")
