@@ -39,11 +39,13 @@ Every applied decision is one line in the log and a ``pool`` record in ``history
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import yaml
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     InvalidName,
     validate_name,
@@ -200,7 +202,7 @@ def spec_from_mapping(data: Mapping[str, Any], name: str | None = None) -> PoolS
     values: dict[str, Any] = {"name": pool_name, "template": text}
     for key, lo, hi in (
         ("target", 0, 100000),
-        ("lifetime", 1, vms.MAX_LIFETIME),
+        ("lifetime", 0, vms.MAX_LIFETIME),
         ("priority", -1000, 1000),
         ("backoff_base", 1, 86400),
         ("backoff_max", 1, 30 * 86400),
@@ -210,6 +212,8 @@ def spec_from_mapping(data: Mapping[str, Any], name: str | None = None) -> PoolS
                 values[key] = _int_field(data, key, lo, hi)
             except InvalidInput as exc:
                 raise InvalidInput(f"pool {pool_name}: {exc}") from None
+    if values.get("lifetime") == 0:
+        values["lifetime"] = None  # 0: no lifetime
     if "enabled" in data:
         if not isinstance(data["enabled"], bool):
             raise InvalidInput(f"pool {pool_name}: enabled must be true or false")
@@ -233,6 +237,16 @@ def spec_from_mapping(data: Mapping[str, Any], name: str | None = None) -> PoolS
     if spec.backoff_max < spec.backoff_base:
         raise InvalidInput(f"pool {pool_name}: backoff_max is less than backoff_base")
     return spec
+
+
+def merged_mapping(current: PoolSpec, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``current`` as a mapping with ``changes`` laid over it (an update that names only some
+    fields); giving ``image`` (or a size field) replaces the template."""
+    base = current.as_dict()
+    if any(k in changes for k in SIZE_FIELDS):
+        base.pop("template")
+    base.update({k: v for k, v in changes.items() if v is not None})
+    return base
 
 
 def vm_template(spec_template: str, pool: str, lifetime: int | None, hosts: Iterable[str]) -> str:
@@ -368,15 +382,17 @@ def describe(spec: PoolSpec) -> str:
 
 
 def get_spec(conn: Connection, name: str) -> PoolSpec:
-    row = conn.execute(select(_P).where(_P.c.name == name)).first()
-    if row is None:
-        raise NotFound(f"pool {name!r} does not exist")
+    return _row_spec(find(conn, name))
+
+
+def get_spec_of(row: Any) -> PoolSpec:
+    """The spec of a pool row (as :func:`find` returns)."""
     return _row_spec(row)
 
 
 def find(conn: Connection, name_or_id: str | int) -> Any:
     """The pool row by name or id (NotFound)."""
-    if isinstance(name_or_id, int) or str(name_or_id).isdigit():
+    if isinstance(name_or_id, int):
         row = conn.execute(select(_P).where(_P.c.id == int(name_or_id))).first()
     else:
         row = conn.execute(select(_P).where(_P.c.name == str(name_or_id))).first()
@@ -437,6 +453,116 @@ def decisions_of(conn: Connection, pool_id: int, limit: int = 20) -> list[dict[s
         .limit(limit)
     )
     return [dict(r._mapping) for r in rows]
+
+
+# -- declarative files -------------------------------------------------------------------------
+def _error_line(message: str, key_lines: Mapping[str, int], default: int) -> int:
+    """The line of the field an error message names (longest name first), else ``default``."""
+    for key in sorted(key_lines, key=len, reverse=True):
+        if re.search(rf"\b{re.escape(key)}\b", message):
+            return key_lines[key]
+    return default
+
+
+def parse_pool_file(fname: str, text: str) -> list[PoolSpec]:
+    """The pools a YAML file declares: ``pools:`` followed by a list of pool mappings (or the
+    list alone). Every error is collected and reported as ``FILE:LINE: ...``."""
+    try:
+        doc = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise InvalidInput(
+            f"{fname}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
+    if doc is None:
+        return []
+    if isinstance(doc, yaml.MappingNode) and isinstance(data, dict):
+        extra = sorted(str(k) for k in data if k != "pools")
+        if extra:
+            raise InvalidInput(f"{fname}:1: unknown top-level key(s) {', '.join(extra)}")
+        doc = next((v for k, v in doc.value if k.value == "pools"), None)
+        data = data.get("pools")
+        if doc is None or data is None:
+            return []
+    if not isinstance(doc, yaml.SequenceNode) or not isinstance(data, list):
+        raise InvalidInput(f"{fname}:{doc.start_mark.line + 1}: expected a list of pools")
+    errors: list[str] = []
+    specs: list[PoolSpec] = []
+    seen: dict[str, int] = {}
+    for node, item in zip(doc.value, data, strict=True):
+        line = node.start_mark.line + 1
+        if not isinstance(node, yaml.MappingNode) or not isinstance(item, dict):
+            errors.append(f"{fname}:{line}: expected a mapping (name, template or image, ...)")
+            continue
+        key_lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
+        try:
+            spec = spec_from_mapping(item)
+        except InvalidInput as exc:
+            errors.append(f"{fname}:{_error_line(str(exc), key_lines, line)}: {exc}")
+            continue
+        if spec.name in seen:
+            errors.append(
+                f"{fname}:{line}: pool {spec.name} declared twice (first at line {seen[spec.name]})"
+            )
+            continue
+        seen[spec.name] = line
+        specs.append(spec)
+    if errors:
+        raise InvalidInput("\n".join(errors))
+    return specs
+
+
+@dataclass(frozen=True)
+class Change:
+    """One step of :func:`apply_specs`: ``create``, ``update``, ``delete``, ``drain`` (pruned
+    but still has live VMs: target 0 now, deleted by a later apply) or ``unchanged``."""
+
+    action: str
+    pool: str
+    details: tuple[str, ...] = ()
+
+
+def apply_specs(
+    store: Store, specs: Iterable[PoolSpec], prune: bool = False, dry_run: bool = False
+) -> list[Change]:
+    """Make the database's pools match ``specs`` (a declarative file): create the missing
+    ones, update the different ones; with ``prune``, remove the pools not declared (a pool
+    that still has live VMs is set to target 0 and drains; a later apply deletes it)."""
+    wanted = {s.name: s for s in specs}
+    with store.transaction() as conn:
+        current = {p["name"]: p for p in list_pools(conn)}
+    plan: list[Change] = []
+    for name, spec in wanted.items():
+        if name not in current:
+            plan.append(Change("create", name, (describe(spec),)))
+        else:
+            changes = diff_specs(current[name]["spec"], spec)
+            plan.append(Change("update" if changes else "unchanged", name, tuple(changes)))
+    if prune:
+        for name, p in current.items():
+            if name in wanted:
+                continue
+            if p["live"]:
+                if p["spec"].target:
+                    plan.append(Change("drain", name, (f"target {p['spec'].target} -> 0",)))
+                else:
+                    plan.append(Change("unchanged", name, (f"draining, {p['live']} live VMs",)))
+            else:
+                plan.append(Change("delete", name))
+    if dry_run:
+        return plan
+    for step in plan:
+        if step.action == "create":
+            create_pool(store, wanted[step.pool])
+        elif step.action == "update":
+            update_pool(store, step.pool, wanted[step.pool])
+        elif step.action == "drain":
+            update_pool(store, step.pool, replace(current[step.pool]["spec"], target=0))
+        elif step.action == "delete":
+            delete_pool(store, step.pool)
+    return plan
 
 
 # -- snapshot and decisions ---------------------------------------------------------------------
