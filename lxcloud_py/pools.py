@@ -249,6 +249,40 @@ def merged_mapping(current: PoolSpec, changes: Mapping[str, Any]) -> dict[str, A
     return base
 
 
+def wire(spec: PoolSpec | None) -> dict[str, Any]:
+    """A spec as XML-RPC can carry it (no None: lifetime 0 means none); {} for no pool."""
+    if spec is None:
+        return {}
+    out = spec.as_dict()
+    out["lifetime"] = spec.lifetime or 0
+    return out
+
+
+def plan_request(store: Store, data: Mapping[str, Any]) -> dict[str, Any]:
+    """What setting the pool ``data`` names to ``data`` would change (``data`` merged over
+    the current pool, as ``pool set`` and ``lxcloud.pool.update`` do): ``exists``,
+    ``changed``, ``changes`` (texts), ``before`` and ``after`` (:func:`wire` form)."""
+    name = check_pool_name(data.get("name"))
+    with store.transaction() as conn:
+        try:
+            current: PoolSpec | None = get_spec(conn, name)
+        except NotFound:
+            current = None
+    if current is None:
+        new = spec_from_mapping(data)
+        changes = [f"create: {describe(new)}"]
+    else:
+        new = spec_from_mapping(merged_mapping(current, data), name)
+        changes = diff_specs(current, new)
+    return {
+        "exists": current is not None,
+        "changed": bool(changes),
+        "changes": changes,
+        "before": wire(current),
+        "after": wire(new),
+    }
+
+
 def vm_template(spec_template: str, pool: str, lifetime: int | None, hosts: Iterable[str]) -> str:
     """The template of one pool VM: the pool's, tagged ``POOL``, with its LIFETIME and the host
     constraint as OpenNebula's SCHED_REQUIREMENTS."""

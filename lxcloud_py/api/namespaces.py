@@ -377,7 +377,13 @@ class LxPoolNamespace(Namespace):
     ``PoolSpec`` (``template`` text, or ``image`` + ``cpu``/``vcpu``/``memory``/``context``)."""
 
     NAME = "lxcloud.pool"
-    METHODS = ("allocate", "info", "update", "delete")
+    METHODS = ("allocate", "info", "update", "delete", "plan")
+
+    def plan(self, who: Principal, data: object) -> dict[str, Any]:
+        """What setting the pool to ``data`` would change, changing nothing: a struct with
+        ``exists``, ``changed``, ``changes`` (texts), ``before`` and ``after`` (the pool's
+        fields; lifetime 0 is none). Check mode and diff of the Ansible module."""
+        return pools.plan_request(self.store, want_struct(data, "pool"))
 
     def allocate(self, who: Principal, data: object) -> int:
         try:
