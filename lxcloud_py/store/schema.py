@@ -125,7 +125,6 @@ pools = Table(
     # backoff state, written by the pool manager only
     Column("backoff_level", Integer, nullable=False, default=0, server_default="0"),
     Column("backoff_until", Double, nullable=True),
-    Column("exits_seen", Double, nullable=True),  # exit_time of the last exit accounted for
 )
 
 vms = Table(
@@ -192,7 +191,6 @@ MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
                 "updated",
                 "backoff_level",
                 "backoff_until",
-                "exits_seen",
             )
         ),
         *(("vms", c) for c in ("exit_code", "exit_message", "exit_time", "drain_requested")),
