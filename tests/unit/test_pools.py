@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select, update
@@ -264,29 +265,88 @@ def test_host_offline_after_repeated_500(store: Store, admin: int) -> None:
 
 # -- concurrency --------------------------------------------------------------------------------
 def test_concurrent_managers_never_overshoot(store: Store, admin: int) -> None:
+    """Four managers all decide from the same (soon stale) snapshot, then apply at once: each
+    planned 7 refills, exactly 7 VMs exist."""
     make_pool(store, target=7)
+    stores = [Store(store.url) for _ in range(4)]
+    managers = [pools.PoolManager(s) for s in stores]
+    plans = [pools.decide(m.snapshot()) for m in managers]
+    assert [len(p) for p in plans] == [7, 7, 7, 7]
     barrier = threading.Barrier(4)
     errors: list[BaseException] = []
+    applied: list[int] = []
 
-    def worker() -> None:
-        s = Store(store.url)
+    def worker(mgr: pools.PoolManager, plan: list[pools.Decision]) -> None:
         try:
-            mgr = pools.PoolManager(s)
             barrier.wait()
-            for _ in range(3):
-                mgr.cycle()
+            applied.extend(1 for d in plan if mgr.apply(d) is not None)
         except BaseException as exc:
             errors.append(exc)
-        finally:
-            s.dispose()
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=worker, args=a) for a in zip(managers, plans, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
+    for s in stores:
+        s.dispose()
     assert errors == []
+    assert len(applied) == 7
     assert len(pool_vms(store)) == 7
+
+
+def test_stale_drain_decisions_do_not_drain_twice(store: Store, admin: int) -> None:
+    spec = make_pool(store, target=3)
+    mgr = pools.PoolManager(store)
+    mgr.cycle()
+    run_all(store)
+    pools.update_pool(store, "batch", replace(spec, target=2))
+    plans = [pools.decide(mgr.snapshot()) for _ in range(3)]
+    done = [d for plan in plans for d in plan if mgr.apply(d) is not None]
+    assert [d.action for d in done] == ["drain"]
+    assert sum(v["drain_requested"] is not None for v in pool_vms(store)) == 1
+
+
+def test_concurrent_processes_never_overshoot(store: Store, admin: int, tmp_path) -> None:
+    """Three processes take their snapshots, wait for a common start, then apply."""
+    import subprocess
+    import sys
+
+    make_pool(store, target=5)
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time\n"
+        "from lxcloud_py.pools import PoolManager, decide\n"
+        "from lxcloud_py.store import Store\n"
+        "s = Store(sys.argv[1])\n"
+        "m = PoolManager(s)\n"
+        "plan = decide(m.snapshot())\n"
+        "assert len(plan) == 5, plan\n"
+        "open(sys.argv[2] + '.' + str(os.getpid()), 'w').close()\n"
+        "while not os.path.exists(sys.argv[2]):\n"
+        "    time.sleep(0.01)\n"
+        "print(sum(m.apply(d) is not None for d in plan))\n"
+        "s.dispose()\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, store.url, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("go.*"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    made = 0
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+        made += int(out)
+    assert made == 5
+    assert len(pool_vms(store)) == 5
 
 
 # -- schema -------------------------------------------------------------------------------------
@@ -306,3 +366,4 @@ def test_version_1_database_is_migrated(db_url: str) -> None:
             assert conn.execute(select(schema.meta.c.value)).scalar_one() == "2"
     finally:
         s.dispose()
+
