@@ -138,10 +138,14 @@ class Store:
         for version in range(have + 1, schema.SCHEMA_VERSION + 1):
             if version not in schema.MIGRATIONS:
                 raise RuntimeError(f"no migration from schema version {version - 1} to {version}")
+            tables = []
             for table, column in schema.MIGRATIONS[version]:
                 col = metadata.tables[table].c[column]
                 ddl = CreateColumn(col).compile(dialect=self.engine.dialect)
                 conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+                tables.append(metadata.tables[table])
+            for idx in {i for t in tables for i in t.indexes}:
+                idx.create(conn, checkfirst=True)  # indexes added to existing tables
         conn.execute(
             update(schema.meta)
             .where(schema.meta.c.key == "schema_version")
