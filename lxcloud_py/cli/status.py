@@ -1,7 +1,8 @@
 """``lxcloud status``: the farm on one screen — hosts, pools, the last decisions, errors.
 
 Hosts: state, used/total CPU and memory (live placed VMs), VM count. Pools: target, active
-(RUNNING), pending (PENDING, PROLOG, BOOT), backoff. Decisions: what the daemon's stages did
+(the VMs that count against the target: PENDING to RUNNING, not draining), pending (not placed
+yet), draining, backoff (time left). Decisions: what the daemon's stages did
 last (``decisions`` table). Errors: hosts in ERROR, VMs in a failure state with their message,
 failed decisions. ``--json`` for machines, ``--watch N`` redraws every N seconds.
 """
@@ -15,17 +16,17 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
+from lxcloud_py import pools
 from lxcloud_py.daemon.decisions import latest
 from lxcloud_py.model import HostState, InvalidInput, LCMState, VMState
 from lxcloud_py.scheduler.state import usage_query
 from lxcloud_py.store import Store, schema
 from lxcloud_py.table import render
 
-_H, _V, _P = schema.hosts, schema.vms, schema.pools
+_H, _V = schema.hosts, schema.vms
 FAILED_LCM = (LCMState.PROLOG_FAILURE, LCMState.BOOT_FAILURE, LCMState.EPILOG_FAILURE)
-PENDING_LCM = (LCMState.PROLOG, LCMState.BOOT)
 
 
 def register(subparsers: Any) -> None:
@@ -61,34 +62,20 @@ def _hosts(conn: Connection) -> list[dict[str, Any]]:
 
 
 def _pools(conn: Connection) -> list[dict[str, Any]]:
-    counts: dict[tuple[int, str], int] = {}
-    for pool_id, state, lcm, n in conn.execute(
-        select(_V.c.pool_id, _V.c.state, _V.c.lcm_state, func.count())
-        .where(_V.c.pool_id.is_not(None), _V.c.state.in_([VMState.PENDING, VMState.ACTIVE]))
-        .group_by(_V.c.pool_id, _V.c.state, _V.c.lcm_state)
-    ).all():
-        if state == VMState.PENDING or lcm in PENDING_LCM:
-            kind = "pending"
-        elif lcm == LCMState.RUNNING:
-            kind = "active"
-        else:
-            kind = "other"
-        counts[(pool_id, kind)] = counts.get((pool_id, kind), 0) + int(n)
-    backoff = _P.c.get("backoff_until")
-    out = []
-    for p in conn.execute(select(_P).order_by(_P.c.name)).all():
-        until = getattr(p, "backoff_until", None) if backoff is not None else None
-        out.append(
-            {
-                "name": p.name,
-                "target": int(p.target),
-                "enabled": bool(p.enabled),
-                "active": counts.get((p.id, "active"), 0),
-                "pending": counts.get((p.id, "pending"), 0),
-                "backoff_s": max(0.0, float(until) - time.time()) if until else 0.0,
-            }
-        )
-    return out
+    now = time.time()
+    return [
+        {
+            "name": p["name"],
+            "target": int(p["target"]),
+            "enabled": bool(p["enabled"]),
+            "active": p["active"],
+            "pending": p["pending"],
+            "draining": p["draining"],
+            "backoff_level": int(p["backoff_level"]),
+            "backoff_s": max(0.0, float(p["backoff_until"]) - now) if p["backoff_until"] else 0.0,
+        }
+        for p in pools.list_pools(conn)
+    ]
 
 
 def _errors(conn: Connection, decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -139,7 +126,8 @@ def format_snapshot(snap: dict[str, Any]) -> str:
     ]  # fmt: skip
     pool_rows = [
         [x["name"], x["target"] if x["enabled"] else f"{x['target']} (off)", x["active"],
-         x["pending"], f"{x['backoff_s']:.0f}s" if x["backoff_s"] else "-"]
+         x["pending"], x["draining"],
+         f"{x['backoff_s']:.0f}s (level {x['backoff_level']})" if x["backoff_s"] else "-"]
         for x in p
     ]  # fmt: skip
     decision_rows = [
@@ -150,7 +138,7 @@ def format_snapshot(snap: dict[str, Any]) -> str:
     lines = [f"lxcloud status at {_clock(snap['time'])} UTC", "", f"HOSTS ({len(h)})"]
     lines.append(render(["name", "state", "cpu", "memory MiB", "vms"], host_rows))
     lines += ["", f"POOLS ({len(p)})"]
-    lines.append(render(["name", "target", "active", "pending", "backoff"], pool_rows))
+    lines.append(render(["name", "target", "active", "pending", "draining", "backoff"], pool_rows))
     lines += ["", f"LAST DECISIONS ({len(d)})"]
     lines.append(
         render(["time", "stage", "decision", "vm", "host", "pool", "message"], decision_rows)

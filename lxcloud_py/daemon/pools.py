@@ -16,6 +16,16 @@ from lxcloud_py.model import InvalidInput
 from .core import PeriodicStage, StageContext
 from .decisions import Decision
 
+#: The pool manager's actions as decisions are logged (others as they are).
+ACTIONS = {
+    "refill": "refilled",
+    "drain": "drained",
+    "terminate": "terminated",
+    "backoff": "backed off",
+    "reset": "backoff reset",
+    "offline": "host offline",
+}
+
 
 def _manager(ctx: StageContext) -> Any:
     try:
@@ -44,12 +54,12 @@ class PoolsStage(PeriodicStage):
             [
                 Decision(
                     self.name,
-                    str(d.action),
+                    ACTIONS.get(str(d.action), str(d.action)),
                     vm_id=d.vm_id,
                     host=d.host,
                     pool=d.pool,
                     message=d.message or "",
-                    ok=getattr(d, "ok", True),
+                    ok=d.action != "offline",
                 )
                 for d in self.manager.cycle()
             ]

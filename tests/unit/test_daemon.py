@@ -12,13 +12,13 @@ import sys
 import textwrap
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
 import sched_rows as rows
 from sqlalchemy import insert, update
 
+from lxcloud_py import pools
 from lxcloud_py.cli import main
 from lxcloud_py.cli.status import format_snapshot, snapshot
 from lxcloud_py.config import Config, Settings, effective
@@ -317,24 +317,19 @@ def test_scheduler_stage_places_and_names_vm_host_pool(store: Store) -> None:
     assert len(latest(store)) == 1
 
 
-def test_pools_stage_stores_the_managers_decisions(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class PoolManager:
-        def __init__(self, store: Store) -> None:
-            self.store = store
-
-        def cycle(self) -> list[types.SimpleNamespace]:
-            return [types.SimpleNamespace(action="refilled", pool="batch", vm_id=9, host=None,
-                                          message="1 of 3")]  # fmt: skip
-
-    monkeypatch.setitem(sys.modules, "lxcloud_py.pools", types.SimpleNamespace(
-        PoolManager=PoolManager))  # fmt: skip
+def test_pools_stage_stores_the_managers_decisions(store: Store) -> None:
+    with store.transaction() as conn:
+        rows.user(conn)
+    pools.create_pool(store, pools.PoolSpec(name="batch", template=pools.build_template(
+        "slc5-batch", cpu=0.5), target=2))  # fmt: skip
     stage = PoolsStage(StageContext(store, settings()))
     stage.cycle()
-    (d,) = latest(store)
-    assert (d["stage"], d["action"], d["pool"], d["vm_id"], d["message"]) == (
-        "pools", "refilled", "batch", 9, "1 of 3")  # fmt: skip
+    made = latest(store)
+    assert [(d["stage"], d["action"], d["pool"]) for d in made] == [
+        ("pools", "refilled", "batch")] * 2  # fmt: skip
+    assert {d["vm_id"] for d in made} == {1, 2}
+    stage.cycle()  # the target is met: nothing more
+    assert len(latest(store)) == 2
 
 
 def test_status_shows_hosts_pools_decisions_errors(
@@ -357,7 +352,8 @@ def test_status_shows_hosts_pools_decisions_errors(
     assert (hv1["cpu_used"], hv1["cpu_total"], hv1["memory_mb_used"], hv1["vms"]) == (
         3.0, 8.0, 3072, 2)  # fmt: skip
     (p,) = snap["pools"]
-    assert (p["name"], p["target"], p["active"], p["pending"]) == ("batch", 3, 1, 1)
+    # active: what counts against the target (the running and the pending one)
+    assert (p["name"], p["target"], p["active"], p["pending"]) == ("batch", 3, 2, 1)
     whats = [e["what"] for e in snap["errors"]]
     assert whats == ["host hv2", f"VM {failed} (b3)"]
     assert "BOOT_FAILURE: virsh start failed" in snap["errors"][1]["message"]
