@@ -216,6 +216,16 @@ def _name_list(value: Any) -> list[str]:
     return list(value)
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
 def _log_format(value: Any) -> str:
     if value not in ("text", "json"):
         raise ValueError("must be text or json")
@@ -270,6 +280,10 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between executor passes (deploy PROLOG, destroy SHUTDOWN)"),
     Setting("daemon.pools_interval", "--pools-interval", _positive_number, 10.0,
             "seconds between pool manager cycles (refill, drain, backoff)"),
+    Setting("daemon.pools_file", "--pools-file", _text_or_null, None,
+            "pools YAML (as `lxcloud pool apply` reads) applied at start and on SIGHUP"),
+    Setting("daemon.pools_prune", "--pools-prune", _bool, False,
+            "with pools_file: pools the file does not declare drain and go (apply --prune)"),
     Setting("daemon.shutdown_timeout", "--shutdown-timeout", _positive_number, 300.0,
             "on SIGTERM, seconds to let jobs in flight finish before cancelling them"),
     Setting("daemon.decisions_kept", "--decisions-kept", _positive_int, 10000,
