@@ -386,3 +386,17 @@ def test_pools_file_is_applied_at_start_and_on_reload(store: Store, tmp_path: Pa
         stage.apply(settings(pools_file=str(path)))
     with store.transaction() as conn:
         assert {p["name"]: p["target"] for p in pools.list_pools(conn)} == {"batch": 3}
+
+
+def test_status_watch_redraws_until_interrupted(sqlite_url: str) -> None:
+    Store(sqlite_url).create_schema()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lxcloud_py", "--db", sqlite_url, "status", "--watch", "0.2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert out.count("lxcloud status at") >= 3  # not a terminal: one snapshot after another
+    assert main(["--db", sqlite_url, "status", "--watch", "0"]) == 1
