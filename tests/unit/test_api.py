@@ -119,9 +119,11 @@ def api(backend_store: Store) -> Iterator[Api]:
     )
     thread.start()
     url = f"http://127.0.0.1:{server.port}/RPC2"
+    proxy = xmlrpc.client.ServerProxy(url)
     try:
-        yield Api(url, xmlrpc.client.ServerProxy(url), server, store)
+        yield Api(url, proxy, server, store)
     finally:
+        proxy("close")()  # the API keeps HTTP/1.1 connections alive
         server.shutdown()
         server.server_close()
         thread.join(10)
@@ -316,11 +318,11 @@ def test_concurrent_calls(api: Api) -> None:
     errors: list[Any] = []
 
     def worker() -> None:
-        proxy = xmlrpc.client.ServerProxy(api.url)
-        for _ in range(5):
-            reply = proxy.lxcloud.host.heartbeat(ADMIN, "hv1", {})
-            if reply[0] is not True:
-                errors.append(reply)
+        with xmlrpc.client.ServerProxy(api.url) as proxy:
+            for _ in range(5):
+                reply = proxy.lxcloud.host.heartbeat(ADMIN, "hv1", {})
+                if reply[0] is not True:
+                    errors.append(reply)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
     for t in threads:
@@ -709,8 +711,8 @@ def test_concurrent_handlers_are_bounded(api: Api, monkeypatch: pytest.MonkeyPat
     replies: list[Any] = []
 
     def client() -> None:
-        proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{server.port}/RPC2")
-        replies.append(proxy.lxcloud.host.heartbeat(ADMIN, "hv1", {}))
+        with xmlrpc.client.ServerProxy(f"http://127.0.0.1:{server.port}/RPC2") as proxy:
+            replies.append(proxy.lxcloud.host.heartbeat(ADMIN, "hv1", {}))
 
     try:
         clients = [threading.Thread(target=client) for _ in range(6)]

@@ -80,6 +80,7 @@ def test_serve_answers_and_stops_gracefully(sqlite_url: str, sig: signal.Signals
                 assert time.monotonic() < deadline, "serve did not listen"
                 time.sleep(0.1)
         assert reply[0] is True
+        proxy("close")()
         proc.send_signal(sig)
         _out, err = proc.communicate(timeout=15)
     finally:
