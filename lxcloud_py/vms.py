@@ -26,6 +26,7 @@ Every state change is recorded in the history, with the action's name.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -55,9 +56,40 @@ ACTIONS = (
     "hold",
     "release",
 )
+#: Older OpenNebula names, accepted as the action they became (OpenNebula 5.0 renamed them).
+LEGACY_ACTIONS = {"shutdown": "terminate", "shutdown-hard": "terminate-hard"}
 #: Actions a VM may ask for itself with its callback token.
 SELF_ACTIONS = ("terminate", "terminate-hard", "poweroff", "poweroff-hard")
 MAX_LIFETIME = 10 * 365 * 86400
+#: Attributes lxcloud sets itself; a client's template may not carry them (top level or CONTEXT).
+MANAGED_KEY = re.compile(r"\A(ETH\d+_\w+|VMID|LXCLOUD_\w+)\Z")
+#: In CONTEXT also NAME and LIFETIME: lxcloud writes them from the VM's own attributes.
+MANAGED_CONTEXT_KEY = re.compile(r"\A(NAME|LIFETIME|ETH\d+_\w+|VMID|LXCLOUD_\w+)\Z")
+_TEMPLATING = re.compile(r"\{\{|\{%|\{#|\}\}|%\}|#\}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds checked at allocate (config section ``limits``, see :func:`configure_limits`)."""
+
+    max_cpu: float = 1024.0
+    max_vcpu: int = 1024
+    max_memory_mb: int = 4 * 1024 * 1024  # 4 TiB
+    max_attributes: int = 1000  # top-level attributes plus every vector's entries
+    max_value_chars: int = 64 * 1024
+
+
+_limits = Limits()
+
+
+def configure_limits(limits: Limits) -> None:
+    """Set the bounds every allocation checks (the daemon calls it with its config)."""
+    global _limits
+    _limits = limits
+
+
+def limits() -> Limits:
+    return _limits
 
 
 class WrongState(Conflict):
@@ -77,48 +109,79 @@ class Spec:
     template: template.Template
 
 
-def _float(tpl: template.Template, key: str, default: float) -> float:
+def _float(tpl: template.Template, key: str, default: float, maximum: float) -> float:
     raw = tpl.get(key)
     if raw is None:
         return default
+    if not raw.isascii():
+        raise InvalidInput(f"{key} must be written with ASCII digits, got {raw!r}")
     try:
         value = float(raw)
     except ValueError:
         raise InvalidInput(f"{key} must be a number, got {raw!r}") from None
     if not value > 0 or value == float("inf"):
         raise InvalidInput(f"{key} must be greater than 0, got {raw!r}")
+    if value > maximum:
+        raise InvalidInput(f"{key} {raw} is more than the limit {maximum:g}")
     return value
 
 
-def _int(tpl: template.Template, key: str, default: int | None, minimum: int) -> int | None:
+def _int(
+    tpl: template.Template, key: str, default: int | None, minimum: int, maximum: int
+) -> int | None:
     raw = tpl.get(key)
     if raw is None:
         return default
+    if not raw.isascii():
+        raise InvalidInput(f"{key} must be written with ASCII digits, got {raw!r}")
     try:
         value = int(raw, 10)
     except ValueError:
         raise InvalidInput(f"{key} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise InvalidInput(f"{key} must be at least {minimum}, got {raw!r}")
+    if value > maximum:
+        raise InvalidInput(f"{key} {value} is more than the limit {maximum}")
     return value
+
+
+def check_client_template(tpl: template.Template, lim: Limits) -> None:
+    """What a client may not send, whatever the attribute: templating delimiters (values reach
+    playbooks), attributes lxcloud manages, oversized values, too many attributes."""
+    count = 0
+    for key, value in tpl:
+        count += 1 + (len(value) if isinstance(value, dict) else 0)
+        if count > lim.max_attributes:
+            raise InvalidInput(f"the template has more than {lim.max_attributes} attributes")
+        if MANAGED_KEY.match(key):
+            raise InvalidInput(f"{key} is set by lxcloud, not by the template")
+        entries = value.items() if isinstance(value, dict) else [("", value)]
+        for sub, text in entries:
+            name = f"{key}/{sub}" if sub else key
+            if len(text) > lim.max_value_chars:
+                raise InvalidInput(f"{name}: longer than {lim.max_value_chars} characters")
+            if _TEMPLATING.search(text):
+                raise InvalidInput(f"{name}: template delimiters ({{{{ {{% {{#) are not allowed")
+            if key == "CONTEXT" and MANAGED_CONTEXT_KEY.match(sub):
+                raise InvalidInput(f"{name} is set by lxcloud, not by the template")
 
 
 def parse_spec(text: str) -> Spec:
     """Parse and validate a VM template (NAME, CPU, VCPU, MEMORY, DISK/IMAGE, CONTEXT,
     LIFETIME; other attributes are kept as they are)."""
     tpl = template.parse(text)
+    lim = _limits
+    check_client_template(tpl, lim)
     name = tpl.get("NAME")
     if name is not None:
         try:
             validate_name(name, "NAME")
         except InvalidName as exc:
             raise InvalidInput(str(exc)) from None
-    cpu = _float(tpl, "CPU", 1.0)
-    vcpu = _int(tpl, "VCPU", 1, 1) or 1
-    if vcpu > 1024:
-        raise InvalidInput(f"VCPU {vcpu} is more than 1024")
-    memory = _int(tpl, "MEMORY", 512, 1) or 512
-    lifetime = _int(tpl, "LIFETIME", None, 0)
+    cpu = _float(tpl, "CPU", 1.0, lim.max_cpu)
+    vcpu = _int(tpl, "VCPU", 1, 1, lim.max_vcpu) or 1
+    memory = _int(tpl, "MEMORY", 512, 1, lim.max_memory_mb) or 512
+    lifetime = _int(tpl, "LIFETIME", None, 0, 2**62)
     if lifetime is not None and lifetime > MAX_LIFETIME:
         raise InvalidInput(f"LIFETIME {lifetime} is more than ten years")
     images = [d["IMAGE"] for d in tpl.vectors("DISK") if "IMAGE" in d]

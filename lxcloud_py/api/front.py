@@ -58,12 +58,12 @@ def _response(status: int, body: bytes, content_type: str, keep_alive: bool) -> 
 
 
 class HttpFront:
-    """Serves ``handle(body) -> reply`` (bytes to bytes, run in a worker thread) at ``path``."""
+    """Serves ``handle(body, client_ip) -> reply`` (run in a worker thread) at ``path``."""
 
     def __init__(
         self,
         address: tuple[str, int],
-        handle: Callable[[bytes], bytes],
+        handle: Callable[[bytes, str], bytes],
         *,
         path: str = "/RPC2",
         max_request_bytes: int,
@@ -99,6 +99,7 @@ class HttpFront:
         self._stopped = threading.Event()
         self._per_ip: Counter[str] = Counter()
         self._open = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._refusals: Counter[str] = Counter()
         self._last_refusal_log = 0.0
 
@@ -121,6 +122,10 @@ class HttpFront:
             await self._stop.wait()
         finally:
             server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=2.0)
             # connections still open are cut; requests already in a worker finish there
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
@@ -152,12 +157,19 @@ class HttpFront:
             return
         self._open += 1
         self._per_ip[ip] += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             while await self._one_request(reader, writer, ip):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
+        except asyncio.CancelledError:
+            pass  # shutdown: the connection is cut (a request in a worker still finishes there)
         finally:
+            if task is not None:
+                self._tasks.discard(task)
             self._open -= 1
             self._per_ip[ip] -= 1
             if self._per_ip[ip] <= 0:
@@ -208,7 +220,7 @@ class HttpFront:
             await asyncio.wait_for(writer.drain(), max(1.0, deadline - time.monotonic()))
             return False
         assert self._loop is not None
-        reply = await self._loop.run_in_executor(self.workers, self.handle, body)
+        reply = await self._loop.run_in_executor(self.workers, self.handle, body, ip)
         writer.write(_response(status, reply, "text/xml", keep))
         await asyncio.wait_for(writer.drain(), self.request_deadline)
         del message

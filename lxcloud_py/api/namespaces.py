@@ -174,6 +174,8 @@ class VmNamespace(Namespace):
 
     def action(self, who: Principal, name: object, vm_id: object) -> int:
         action = want_str(name, "action", 32)
+        # OpenNebula before 5.0 called terminate "shutdown": 2010-era images still send it
+        action = vms.LEGACY_ACTIONS.get(action, action)
         vid = want_int(vm_id, "VM id")
         self._own(who, "one.vm.action", vid, "MANAGE")
         if who.is_vm and action not in vms.SELF_ACTIONS:

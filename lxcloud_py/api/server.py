@@ -70,7 +70,7 @@ class Dispatcher:
         return sorted(self._methods)
 
     # marshaled() calls _dispatch(method, params) for every call.
-    def _dispatch(self, method: str, params: tuple[Any, ...]) -> list[Any]:
+    def _dispatch(self, method: str, params: tuple[Any, ...], ip: str = "-") -> list[Any]:
         t0 = time.monotonic()
         if (
             not isinstance(method, str)
@@ -79,7 +79,7 @@ class Dispatcher:
         ):
             log.warning("refused method %r", str(method)[:100])
             raise Fault(METHOD_NOT_FOUND, f"Method {str(method)[:100]!r} not defined")
-        ctx = {"user": "-"}
+        ctx = {"user": "-", "ip": ip}
         try:
             reply = self._call(method, params, ctx)
             code = SUCCESS
@@ -87,17 +87,20 @@ class Dispatcher:
             code = exc.code
             reply = [False, f"[{method}] {exc.message}", exc.code, exc.object_id]
         ms = (time.monotonic() - t0) * 1000
-        log.info("%s user=%s code=0x%04x(%s) %.1f ms", method, ctx["user"], code, NAMES[code], ms)
+        log.info("%s user=%s ip=%s code=0x%04x(%s) %.1f ms", method, ctx["user"], ip, code,
+                 NAMES[code], ms)
         return reply
 
     def _call(self, method: str, params: tuple[Any, ...], ctx: dict[str, str]) -> list[Any]:
         ns, fn, sig = self._methods[method]
         if not params:
             raise ApiFailure(AUTHENTICATION, "User couldn't be authenticated, aborting call.")
+        claimed = params[0].split(":", 1)[0][:64] if isinstance(params[0], str) else "?"
         try:
-            who = self.auth.authenticate(params[0])
+            who = self.auth.authenticate(params[0], None if ctx["ip"] == "-" else ctx["ip"])
         except AuthenticationError as exc:
-            log.info("%s: authentication failed: %s", method, exc)
+            log.warning("%s: authentication failed for user %r from %s: %s", method, claimed,
+                        ctx["ip"], exc)
             raise ApiFailure(
                 AUTHENTICATION, "User couldn't be authenticated, aborting call."
             ) from None
@@ -216,7 +219,7 @@ def _dumps(value: Any, **kw: Any) -> bytes:
     )
 
 
-def marshaled(dispatcher: Dispatcher, data: bytes) -> bytes:
+def marshaled(dispatcher: Dispatcher, data: bytes, ip: str = "-") -> bytes:
     """One XML-RPC request body to its reply body. Unlike the standard library's dispatcher,
     no fault carries a Python class name: a body that is not XML-RPC gets a plain parse-error
     fault, a reply that cannot be marshalled an INTERNAL reply (logged)."""
@@ -227,7 +230,7 @@ def marshaled(dispatcher: Dispatcher, data: bytes) -> bytes:
     except Exception:  # expat, ValueError, TypeError ...: all the client's fault
         return _dumps(Fault(PARSE_ERROR, "parse error: not a well-formed XML-RPC request"))
     try:
-        return _dumps((dispatcher._dispatch(method, params),), methodresponse=True)
+        return _dumps((dispatcher._dispatch(method, params, ip),), methodresponse=True)
     except Fault as fault:
         return _dumps(fault)
     except Exception:
@@ -251,7 +254,7 @@ class ApiServer(HttpFront):
         self.dispatcher = Dispatcher(store)
         super().__init__(
             address,
-            lambda body: marshaled(self.dispatcher, body),
+            lambda body, ip: marshaled(self.dispatcher, body, ip),
             max_request_bytes=max_request_bytes,
             max_threads=max_threads,
             **front,

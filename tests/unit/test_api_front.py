@@ -36,7 +36,7 @@ class Front:
         self.thread.start()
         self.port = self.server.server_address[1]
 
-    def _handle(self, body: bytes) -> bytes:
+    def _handle(self, body: bytes, ip: str) -> bytes:
         self.calls.append(body)
         return b"echo:" + body
 
@@ -153,11 +153,19 @@ def test_idle_keep_alive_connections_are_closed(front: Front) -> None:
         assert 1.0 < time.monotonic() - t0 < 5
 
 
-def test_per_address_and_global_caps_answer_503(
-    front: Front, caplog: pytest.LogCaptureFixture
-) -> None:
+def wait_open(front: Front, n: int) -> None:
+    """Until the server counts n open connections (accepting is asynchronous)."""
+    deadline = time.monotonic() + 5
+    while front.server._open != n:
+        assert time.monotonic() < deadline, f"{front.server._open} open, not {n}"
+        time.sleep(0.01)
+
+
+def test_per_address_and_global_caps_answer_503(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "lxcloud.api.http")
+    front = Front(idle_timeout=60, max_per_ip=4, max_connections=8)
     held = [front.connect("127.0.0.2") for _ in range(4)]
+    wait_open(front, 4)
     try:
         with front.connect("127.0.0.2") as extra:
             assert read_response(extra)[0] == 503
@@ -165,13 +173,15 @@ def test_per_address_and_global_caps_answer_503(
         with front.connect("127.0.0.3") as other:
             other.sendall(request())
             assert read_response(other)[0] == 200
+        wait_open(front, 4)  # "other" is gone
         held += [front.connect(f"127.0.0.{i}") for i in (4, 5, 6, 7)]
-        time.sleep(0.2)
+        wait_open(front, 8)
         with front.connect("127.0.0.9") as over:
             assert read_response(over)[0] == 503
     finally:
         for s in held:
             s.close()
+        front.close()
     assert "127.0.0.2" in caplog.text  # the refusal names the address
 
 
