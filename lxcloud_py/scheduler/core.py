@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import BindParameter, Connection, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
 
+from lxcloud_py import lifecycle
 from lxcloud_py.config import SchedulerConfig
 from lxcloud_py.leases import claim_lease
-from lxcloud_py.model import SCHEDULABLE_HOST_STATES, LCMState, VMState
+from lxcloud_py.model import SCHEDULABLE_HOST_STATES
 from lxcloud_py.store import Store, schema
 
 from .filters import FILTERS, BaseFilter
@@ -43,6 +44,8 @@ log = logging.getLogger("lxcloud.scheduler")
 
 _H, _V, _L = schema.hosts, schema.vms, schema.leases
 _HISTORY = insert(schema.history)
+#: The scheduler's one transition (lxcloud_py.lifecycle): PENDING -> ACTIVE/PROLOG.
+_PLACE_FROM, _PLACE_TO = lifecycle.transition(lifecycle.PLACE)
 #: MySQL errors that mean "try again": deadlock found, lock wait timeout.
 _RETRYABLE_MYSQL = {1213, 1205}
 
@@ -112,12 +115,12 @@ class Scheduler:
         self._host_macs = select(schema.host_macs.c.mac).where(schema.host_macs.c.host_id == hid)
         self._bind_vm = (
             update(_V)
-            .where(_V.c.id == bindparam("vid"), _V.c.state == VMState.PENDING)
+            .where(_V.c.id == bindparam("vid"), _V.c.state == _PLACE_FROM[0])
             .values(
                 host_id=hid,
                 image_id=bindparam("iid"),
-                state=VMState.ACTIVE,
-                lcm_state=LCMState.PROLOG,
+                state=_PLACE_TO[0],
+                lcm_state=_PLACE_TO[1],
                 sched_message=None,
             )
         )
@@ -329,8 +332,8 @@ class Scheduler:
                     "ts": time.time(),
                     "kind": "vm",
                     "object_id": req.vm_id,
-                    "old_state": VMState.PENDING.name,
-                    "new_state": VMState.ACTIVE.name,
+                    "old_state": _PLACE_FROM[0].name,
+                    "new_state": _PLACE_TO[0].name,
                     "message": f"PROLOG: placed on host {host.name}, lease {lease.ip} "
                     f"{lease.mac} {lease.name}{image}",
                 },
@@ -384,7 +387,7 @@ class Scheduler:
         with self._conn.begin():
             self._conn.execute(
                 update(_V)
-                .where(_V.c.id == bindparam("vid"), _V.c.state == VMState.PENDING)
+                .where(_V.c.id == bindparam("vid"), _V.c.state == _PLACE_FROM[0])
                 .values(sched_message=bindparam("msg")),
                 changed,
             )
