@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .core import CycleResult, Placement, Scheduler, Unplaced, run_cycle
 from .filters import FILTERS, BaseFilter
+from .settings import SchedulerConfig
 from .state import HostState, Lease, Request, load_hosts, load_requests
 from .weighers import WEIGHERS, BaseWeigher
 
@@ -21,6 +22,7 @@ __all__ = [
     "Placement",
     "Request",
     "Scheduler",
+    "SchedulerConfig",
     "Unplaced",
     "load_hosts",
     "load_requests",

@@ -31,12 +31,12 @@ from sqlalchemy import BindParameter, Connection, bindparam, insert, select, upd
 from sqlalchemy.exc import OperationalError
 
 from lxcloud_py import lifecycle
-from lxcloud_py.config import SchedulerConfig
 from lxcloud_py.leases import claim_lease
 from lxcloud_py.model import SCHEDULABLE_HOST_STATES
 from lxcloud_py.store import Store, schema
 
 from .filters import FILTERS, BaseFilter
+from .settings import SchedulerConfig
 from .state import HostState, Lease, Request, load_hosts, load_requests, usage_query
 from .weighers import WEIGHERS, BaseWeigher, normalise
 

@@ -9,11 +9,12 @@ run in the configured order, each on the hosts the previous ones left.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import ClassVar
-
-from lxcloud_py.config import SchedulerConfig
+from typing import TYPE_CHECKING, ClassVar
 
 from .state import HostState, Request
+
+if TYPE_CHECKING:  # settings.py imports the registries defined here
+    from .settings import SchedulerConfig
 
 _EPS = 1e-9
 
