@@ -4,7 +4,7 @@ The file comes from ``--config FILE`` or ``$LXCLOUD_CONFIG``; without either, th
 apply. Sections lxcloud knows are validated (a typo is an error naming the key, not a silently
 ignored setting); other top-level sections are kept as plain mappings for the parts of the
 control plane that read them (:meth:`Config.section`). The ``scheduler`` section is parsed and
-checked by the scheduler's own settings (:mod:`lxcloud_py.scheduler.settings`): this module
+checked by the scheduler itself (:func:`lxcloud_py.scheduler.settings_from`): this module
 depends on the scheduler, never the other way round.
 
 Example::
@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from lxcloud_py.model import InvalidInput
-from lxcloud_py.scheduler.settings import SchedulerConfig, from_mapping
+from lxcloud_py.scheduler import SchedulerConfig, settings_from
 
 
 @dataclass
@@ -68,7 +68,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise InvalidInput(f"{p}: the config must be a mapping of sections")
     other = {k: v for k, v in data.items() if k != "scheduler"}
     return Config(
-        scheduler=from_mapping(data.get("scheduler"), f"{p}: scheduler"),
+        scheduler=settings_from(data.get("scheduler"), f"{p}: scheduler"),
         path=str(p),
         other=other,
     )

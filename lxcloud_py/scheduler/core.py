@@ -26,6 +26,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import BindParameter, Connection, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
@@ -36,7 +37,7 @@ from lxcloud_py.model import SCHEDULABLE_HOST_STATES
 from lxcloud_py.store import Store, schema
 
 from .filters import FILTERS, BaseFilter
-from .settings import SchedulerConfig
+from .settings import SchedulerConfig, from_mapping
 from .state import HostState, Lease, Request, load_hosts, load_requests, usage_query
 from .weighers import WEIGHERS, BaseWeigher, normalise
 
@@ -96,7 +97,7 @@ class _Lost(Exception):
 class Scheduler:
     def __init__(self, store: Store, config: SchedulerConfig | None = None) -> None:
         self.store = store
-        self.config = (config or SchedulerConfig()).validate()
+        self.config = (config or SchedulerConfig()).validate(filters=FILTERS, weighers=WEIGHERS)
         self.filters: list[BaseFilter] = [FILTERS[n](self.config) for n in self.config.filters]
         self.weighers: list[BaseWeigher] = [WEIGHERS[n](self.config) for n in self.config.weighers]
         self._conn: Connection | None = None
@@ -398,6 +399,12 @@ def _lease_by_id(host: HostState, lease_id: int) -> Lease | None:
         if lease.id == lease_id:
             return lease
     return None
+
+
+def settings_from(data: Any, where: str = "scheduler") -> SchedulerConfig:
+    """Settings from the ``scheduler`` section of a config file, the names of filters and
+    weighers checked against the scheduler's registries."""
+    return from_mapping(data, where, filters=FILTERS, weighers=WEIGHERS)
 
 
 def run_cycle(store: Store, config: SchedulerConfig | None = None) -> CycleResult:

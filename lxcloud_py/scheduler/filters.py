@@ -9,12 +9,10 @@ run in the configured order, each on the hosts the previous ones left.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
+from .settings import SchedulerConfig
 from .state import HostState, Request
-
-if TYPE_CHECKING:  # settings.py imports the registries defined here
-    from .settings import SchedulerConfig
 
 _EPS = 1e-9
 

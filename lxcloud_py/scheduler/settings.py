@@ -1,19 +1,19 @@
 """The scheduler's settings, handed in by whoever builds a :class:`~.core.Scheduler` (the CLI
 reads them from the ``scheduler`` section of the config file, :mod:`lxcloud_py.config`).
 
-The scheduler never imports the config module: it validates the names it is given against its
-own registries of filters and weighers (:data:`~.filters.FILTERS`, :data:`~.weighers.WEIGHERS`).
+The scheduler never imports the config module. Plain data and checks: the names of filters and
+weighers are checked against the registries the caller hands in; the scheduler hands in its own
+(:data:`~.filters.FILTERS`, :data:`~.weighers.WEIGHERS`: :func:`~.core.settings_from` and
+:class:`~.core.Scheduler`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from lxcloud_py.model import InvalidInput
-
-from .filters import FILTERS
-from .weighers import WEIGHERS
 
 DEFAULT_FILTERS = (
     "HostStateFilter",
@@ -43,21 +43,24 @@ class SchedulerConfig:
     #: Stop a cycle after this many placements (None = no limit).
     max_placements_per_cycle: int | None = None
 
-    def validate(self, where: str = "scheduler") -> SchedulerConfig:
+    def validate(
+        self, where: str = "scheduler", *, filters: Collection[str], weighers: Collection[str]
+    ) -> SchedulerConfig:
+        """Check every value; ``filters`` and ``weighers`` are the names that exist."""
         for name in self.filters:
-            if name not in FILTERS:
+            if name not in filters:
                 raise InvalidInput(
                     f"{where}.filters: unknown filter {name!r} "
-                    f"(known: {', '.join(sorted(FILTERS))})"
+                    f"(known: {', '.join(sorted(filters))})"
                 )
         for name in self.weighers:
-            if name not in WEIGHERS:
+            if name not in weighers:
                 raise InvalidInput(
                     f"{where}.weighers: unknown weigher {name!r} "
-                    f"(known: {', '.join(sorted(WEIGHERS))})"
+                    f"(known: {', '.join(sorted(weighers))})"
                 )
         for name, mult in self.weigher_multipliers.items():
-            if name not in WEIGHERS:
+            if name not in weighers:
                 raise InvalidInput(f"{where}.weigher_multipliers: unknown weigher {name!r}")
             if not isinstance(mult, int | float) or isinstance(mult, bool):
                 raise InvalidInput(f"{where}.weigher_multipliers.{name}: not a number: {mult!r}")
@@ -81,11 +84,13 @@ class SchedulerConfig:
         return float(self.weigher_multipliers.get(weigher, 1.0))
 
 
-def from_mapping(data: Any, where: str = "scheduler") -> SchedulerConfig:
+def from_mapping(
+    data: Any, where: str, *, filters: Collection[str], weighers: Collection[str]
+) -> SchedulerConfig:
     """Settings from the ``scheduler`` section of a config file (None: the defaults); a
     wrong key, type or name is an InvalidInput naming it, prefixed with ``where``."""
     if data is None:
-        return SchedulerConfig().validate(where)
+        return SchedulerConfig().validate(where, filters=filters, weighers=weighers)
     if not isinstance(data, dict):
         raise InvalidInput(f"{where}: must be a mapping")
     known = {f.name for f in fields(SchedulerConfig)}
@@ -107,4 +112,4 @@ def from_mapping(data: Any, where: str = "scheduler") -> SchedulerConfig:
             raise InvalidInput(f"{where}.weigher_multipliers: must be a mapping name: number")
         # Multipliers not given keep their defaults.
         kwargs["weigher_multipliers"] = {**DEFAULT_MULTIPLIERS, **mults}
-    return SchedulerConfig(**kwargs).validate(where)
+    return SchedulerConfig(**kwargs).validate(where, filters=filters, weighers=weighers)

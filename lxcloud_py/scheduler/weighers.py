@@ -5,12 +5,10 @@ weigher's multiplier from the config and adds them up. The highest total wins.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
+from .settings import SchedulerConfig
 from .state import HostState, Request
-
-if TYPE_CHECKING:  # settings.py imports the registries defined here
-    from .settings import SchedulerConfig
 
 
 class BaseWeigher:

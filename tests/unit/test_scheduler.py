@@ -506,10 +506,10 @@ def test_settings_are_handed_in_not_imported_from_config(store: Store) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
-    from lxcloud_py.scheduler import settings
+    from lxcloud_py.scheduler import settings_from
 
-    assert settings.from_mapping(None) == SchedulerConfig()
+    assert settings_from(None) == SchedulerConfig()
     with pytest.raises(InvalidInput, match=r"here\.weighers: unknown weigher 'Nope'"):
-        settings.from_mapping({"weighers": ["Nope"]}, "here")
+        settings_from({"weighers": ["Nope"]}, "here")
     with pytest.raises(InvalidInput, match="unknown filter 'Nope'"):
         Scheduler(store, SchedulerConfig(filters=["Nope"]))
