@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.lxcloud.cloud.plugins.module_utils import wire
 from sqlalchemy import insert, select, update
 
 from lxcloud_py import auth
@@ -26,7 +27,6 @@ from lxcloud_py.throttle import LoginThrottle
 
 ADMIN = "oneadmin"
 _U, _V = schema.users, schema.vms
-_VM_USER_RE = re.compile(r"\Avm-([0-9]{1,10})\Z")
 _USER_RE = re.compile(r"\A[A-Za-z0-9_.@-]{1,64}\Z")
 #: A hash to check against when the user does not exist, so that timing does not tell.
 _DUMMY_HASH = auth.hash_password(secrets.token_hex(8))
@@ -137,14 +137,13 @@ class Authenticator:
         return who
 
     def _authenticate(self, session: object) -> Principal:
-        if not isinstance(session, str) or ":" not in session:
-            raise AuthenticationError("malformed session (expected 'user:secret')")
-        user, secret = session.split(":", 1)
-        if not user or not secret:
-            raise AuthenticationError("malformed session (empty user or secret)")
-        m = _VM_USER_RE.match(user)
-        if m:
-            return self._vm(int(m.group(1)), secret)
+        try:
+            user, secret = wire.split_session(session)
+        except ValueError as exc:
+            raise AuthenticationError(str(exc)) from None
+        vm_id = wire.vm_id_of_user(user)
+        if vm_id is not None:
+            return self._vm(vm_id, secret)
         if not _USER_RE.match(user):
             raise AuthenticationError("malformed session (bad user name)")
         return self._user(user, secret)
@@ -159,7 +158,7 @@ class Authenticator:
         assert row is not None
         if row.state in _ENDED:  # a token dies with its VM
             raise AuthenticationError(f"VM {vm_id} has ended: its token is no longer valid")
-        return Principal(name=f"vm-{vm_id}", vm_id=vm_id)
+        return Principal(name=wire.vm_user(vm_id), vm_id=vm_id)
 
     def _user(self, name: str, password: str) -> Principal:
         with self.store.transaction() as conn:

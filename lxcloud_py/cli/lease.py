@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from lxcloud_py import leases
+from lxcloud_py import lease_export, leases
 from lxcloud_py.model import LeaseState
 from lxcloud_py.store import Store
 from lxcloud_py.table import render
@@ -102,11 +102,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = Store(args.db)
     try:
         with store.transaction() as conn:
-            text = leases.render_export(leases.list_leases(conn), args.format)
+            text = lease_export.render_export(leases.list_leases(conn), args.format)
     finally:
         store.dispose()
     if args.output:
-        leases.atomic_write(args.output, text)
+        lease_export.atomic_write(args.output, text)
         n = max(0, text.count("\n") - 1)
         print(f"wrote {n} leases to {args.output} ({args.format})", file=sys.stderr)
     else:

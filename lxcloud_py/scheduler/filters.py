@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import ClassVar
 
-from lxcloud_py.config import SchedulerConfig
-
+from .settings import SchedulerConfig
 from .state import HostState, Request
 
 _EPS = 1e-9

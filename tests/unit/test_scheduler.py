@@ -10,9 +10,9 @@ import sched_rows as rows
 from sqlalchemy import select, update
 
 from lxcloud_py.cli import main
-from lxcloud_py.config import SchedulerConfig, load_config
+from lxcloud_py.config import load_config
 from lxcloud_py.model import HostState, ImageState, InvalidInput, LCMState, VMState
-from lxcloud_py.scheduler import Scheduler
+from lxcloud_py.scheduler import Scheduler, SchedulerConfig
 from lxcloud_py.store import Store, schema
 
 IMG = "slc5-batch"
@@ -490,3 +490,26 @@ def test_lease_or_macs_changed_meanwhile(
             select(schema.hosts.c.name).where(schema.hosts.c.id == rows.vm_row(conn, vm).host_id)
         ).scalar_one()
     assert lease.host == host_name == p.host
+
+
+
+def test_settings_are_handed_in_not_imported_from_config(store: Store) -> None:
+    """No import circle: the scheduler never imports lxcloud_py.config; the config reads its
+    ``scheduler`` section through the scheduler's own settings, checked against the
+    scheduler's registries."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lxcloud_py.scheduler; "
+        "sys.exit('scheduler imported config' if 'lxcloud_py.config' in sys.modules else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    from lxcloud_py.scheduler import settings_from
+
+    assert settings_from(None) == SchedulerConfig()
+    with pytest.raises(InvalidInput, match=r"here\.weighers: unknown weigher 'Nope'"):
+        settings_from({"weighers": ["Nope"]}, "here")
+    with pytest.raises(InvalidInput, match="unknown filter 'Nope'"):
+        Scheduler(store, SchedulerConfig(filters=["Nope"]))

@@ -185,3 +185,22 @@ def test_spec_defaults_and_values() -> None:
     )
     default = vms.parse_spec("")
     assert (default.cpu, default.vcpu, default.memory_mb, default.lifetime) == (1.0, 1, 512, None)
+
+
+def test_actions_follow_the_lifecycle_by_actor(store: Store) -> None:
+    from lxcloud_py.lifecycle import Actor, NotPermitted
+
+    users.ensure_admin(store, "pw")
+    owner = users.user_id(store)
+    vm_id, _ = vms.allocate(store, TPL, owner)
+    with pytest.raises(NotPermitted, match="the vm may not hold"):
+        vms.action(store, vm_id, "hold", Actor.VM)
+    with pytest.raises(NotPermitted, match="the pool manager may not poweroff"):
+        vms.action(store, vm_id, "poweroff", Actor.POOLS)
+    with pytest.raises(InvalidInput, match="unknown action 'deployed'"):
+        vms.action(store, vm_id, "deployed", Actor.EXECUTOR)  # not a one.vm.action
+    assert vms.action(store, vm_id, "terminate", Actor.POOLS) == vm_id
+    with store.transaction() as conn:
+        assert vms.get(conn, vm_id)["state"] == A.DONE
+    assert vms.SELF_ACTIONS == ("terminate", "terminate-hard", "poweroff", "poweroff-hard")
+    assert vms.EXECUTOR_TRANSITIONS["destroyed"] == ((A.ACTIVE, L.SHUTDOWN), (A.DONE, L.LCM_INIT))
