@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import ipaddress
 import os
 import re
 from collections.abc import Sequence
@@ -82,8 +83,37 @@ class LeaseFileError(InvalidInput):
         )
 
 
+#: The prefix length of the farm's VM networks when the lease file does not say (the hypervisor
+#: role's default netmask is 255.255.255.0): a lease may not be its network or broadcast address.
+DEFAULT_PREFIX = 24
+
+
+def check_usable_ip(ip: str, prefix: int = DEFAULT_PREFIX) -> None:
+    """ValueError unless ``ip`` can be a VM's address: not unspecified, loopback, multicast,
+    link-local, reserved or limited broadcast, nor the network or broadcast address of its
+    ``/prefix`` network."""
+    addr = ipaddress.IPv4Address(ip)
+    for test, what in (
+        (addr.is_unspecified, "the unspecified address"),
+        (addr.is_loopback, "a loopback address"),
+        (addr.is_multicast, "a multicast address"),
+        (addr.is_link_local, "a link-local address"),
+        (addr == ipaddress.IPv4Address("255.255.255.255"), "the limited broadcast address"),
+        (addr.is_reserved, "a reserved address (240.0.0.0/4)"),
+    ):
+        if test:
+            raise ValueError(f"{what} cannot be a VM's lease")
+    if prefix <= 30:
+        net = ipaddress.IPv4Network(f"{ip}/{prefix}", strict=False)
+        if addr == net.network_address:
+            raise ValueError(f"the network address of {net} cannot be a VM's lease")
+        if addr == net.broadcast_address:
+            raise ValueError(f"the broadcast address of {net} cannot be a VM's lease")
+
+
 def _check_row(
-    fname: str, line: int, raw: dict[str, str | None], errors: list[str]
+    fname: str, line: int, raw: dict[str, str | None], errors: list[str],
+    prefix: int = DEFAULT_PREFIX,
 ) -> LeaseRow | None:
     """Validate one row's fields (all present); append problems to ``errors``."""
     bad = len(errors)
@@ -100,6 +130,7 @@ def _check_row(
                     out[key] = validate_ipv4(value)
                 except InvalidName:
                     raise ValueError("not an IPv4 address") from None
+                check_usable_ip(out[key], prefix)
             elif key == "mac":
                 out[key] = normalise_mac(value)
             elif key == "name":
@@ -117,7 +148,9 @@ def _check_row(
     return LeaseRow(out["ip"], out["mac"], out["name"], out["host"], line)
 
 
-def _parse_csv(fname: str, text: str, errors: list[str]) -> list[LeaseRow]:
+def _parse_csv(
+    fname: str, text: str, errors: list[str], prefix: int = DEFAULT_PREFIX
+) -> list[LeaseRow]:
     rows: list[LeaseRow] = []
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
@@ -153,7 +186,7 @@ def _parse_csv(fname: str, text: str, errors: list[str]) -> list[LeaseRow]:
             extra_cells = ", ".join(repr(c) for c in cells[len(header) :])
             errors.append(f"{fname}:{line}: extra field(s) {extra_cells}")
             continue
-        row = _check_row(fname, line, dict(zip(header, cells, strict=True)), errors)
+        row = _check_row(fname, line, dict(zip(header, cells, strict=True)), errors, prefix)
         if row:
             rows.append(row)
     if header is None:
@@ -161,7 +194,9 @@ def _parse_csv(fname: str, text: str, errors: list[str]) -> list[LeaseRow]:
     return rows
 
 
-def _parse_yaml(fname: str, text: str, errors: list[str]) -> list[LeaseRow]:
+def _parse_yaml(
+    fname: str, text: str, errors: list[str], prefix: int = DEFAULT_PREFIX
+) -> list[LeaseRow]:
     try:
         doc = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -210,7 +245,7 @@ def _parse_yaml(fname: str, text: str, errors: list[str]) -> list[LeaseRow]:
             bad = True
         if bad:
             continue
-        row = _check_row(fname, line, raw, errors)
+        row = _check_row(fname, line, raw, errors, prefix)
         if row:
             rows.append(row)
     return rows
@@ -225,22 +260,29 @@ def _looks_like_yaml(text: str) -> bool:
     return False
 
 
-def parse_lease_file(path: str | os.PathLike[str]) -> tuple[list[LeaseRow], list[str]]:
+def parse_lease_file(
+    path: str | os.PathLike[str], prefix: int = DEFAULT_PREFIX
+) -> tuple[list[LeaseRow], list[str]]:
     """Read and validate the lease file; return (good rows, every problem). Duplicates within
     the file are problems too (the second and later occurrences)."""
     fname = str(path)
     try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read lease file {fname!r}: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{fname}: not UTF-8 text ({exc.reason})") from exc
+        line = data[: exc.start].count(b"\n") + 1
+        raise InvalidInput(
+            f"{fname}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}: {exc.reason})"
+        ) from None
     errors: list[str] = []
     suffix = Path(fname).suffix.lower()
     if suffix in (".yaml", ".yml") or (suffix != ".csv" and _looks_like_yaml(text)):
-        rows = _parse_yaml(fname, text, errors)
+        rows = _parse_yaml(fname, text, errors, prefix)
     else:
-        rows = _parse_csv(fname, text, errors)
+        rows = _parse_csv(fname, text, errors, prefix)
     seen: dict[str, dict[str, int]] = {"ip": {}, "mac": {}, "name": {}}
     labels = {"ip": "IP", "mac": "MAC", "name": "DNS name"}
     unique_rows = []

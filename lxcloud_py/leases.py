@@ -21,7 +21,14 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
-from lxcloud_py.lease_file import LeaseFileError, LeaseRow, ip_key, line_of, parse_lease_file
+from lxcloud_py.lease_file import (
+    DEFAULT_PREFIX,
+    LeaseFileError,
+    LeaseRow,
+    ip_key,
+    line_of,
+    parse_lease_file,
+)
 from lxcloud_py.model import InvalidInput, LeaseState
 from lxcloud_py.store import Store, now, schema
 
@@ -40,6 +47,8 @@ class ImportReport:
     #: leases in the DB but not in the file, kept (not pruning, or in use)
     missing: list[dict[str, Any]] = field(default_factory=list)
     pruned: list[dict[str, Any]] = field(default_factory=list)
+    #: rows pinned to a host that has not registered (yet)
+    unknown_hosts: list[LeaseRow] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -72,12 +81,20 @@ def _describe(lease: dict[str, Any]) -> str:
 
 
 def import_leases(
-    store: Store, path: str | os.PathLike[str], *, prune: bool = False, dry_run: bool = False
+    store: Store,
+    path: str | os.PathLike[str],
+    *,
+    prune: bool = False,
+    dry_run: bool = False,
+    strict: bool = False,
+    prefix: int = DEFAULT_PREFIX,
 ) -> ImportReport:
     """Validate the lease file against itself and the database and apply it in one
-    transaction. Raises :class:`LeaseFileError` listing every problem; nothing changes then."""
+    transaction. Raises :class:`LeaseFileError` listing every problem; nothing changes then.
+    Rows pinned to a host that is not registered are reported in ``unknown_hosts`` (the host
+    may register later), or refused with ``strict``."""
     fname = str(path)
-    rows, errors = parse_lease_file(path)
+    rows, errors = parse_lease_file(path, prefix)
     with store.transaction() as conn:
         # Lock the leases (MySQL) so no claim slips between the checks and the writes.
         current = [
@@ -85,6 +102,12 @@ def import_leases(
         ]
         by_ip = {lease["ip"]: lease for lease in current}
         report = ImportReport()
+        known = set(conn.execute(select(schema.hosts.c.name)).scalars())
+        for row in rows:
+            if row.host not in known:
+                report.unknown_hosts.append(row)
+                if strict:
+                    errors.append(f"{fname}:{row.line}: host {row.host} is not registered")
         in_file = {row.ip for row in rows}
         # Final state of every lease: the file's values where they apply, else the current.
         final: dict[str, tuple[str, str]] = {}  # ip -> (mac, name) after the import
