@@ -959,7 +959,8 @@ class PoolManager:
                 log.warning("pool %s: %s not applied: %s", d.pool, d.action, exc)
                 continue
             if applied is not None:
-                log.info("%s", applied.message)
+                # DEBUG: the daemon's pools stage logs each returned decision as its line
+                log.debug("%s", applied.message)
                 done.append(applied)
         return done
 
