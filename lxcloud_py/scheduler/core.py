@@ -172,12 +172,12 @@ class Scheduler:
     ) -> None:
         # A request shape that found no host cannot find one later in the same cycle: hosts
         # only fill up. Cache the reason instead of filtering 500 hosts again.
-        failed: dict[tuple[float, int, str | None], str] = {}
+        failed: dict[tuple[float, int, str | None, frozenset[str] | None], str] = {}
         max_placed = self.config.max_placements_per_cycle
         for req in requests:
             if max_placed is not None and len(result.placements) >= max_placed:
                 break
-            key = (req.cpu, req.memory_mb, req.image_name)
+            key = (req.cpu, req.memory_mb, req.image_name, req.hosts)
             if req.held_lease is None and key in failed:
                 result.unplaced.append(Unplaced(req.vm_id, req.name, failed[key]))
                 continue

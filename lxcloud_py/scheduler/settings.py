@@ -17,6 +17,7 @@ from lxcloud_py.model import InvalidInput
 
 DEFAULT_FILTERS = (
     "HostStateFilter",
+    "RequirementsFilter",
     "ImageFilter",
     "LeaseFilter",
     "CpuFilter",

@@ -513,3 +513,31 @@ def test_settings_are_handed_in_not_imported_from_config(store: Store) -> None:
         settings_from({"weighers": ["Nope"]}, "here")
     with pytest.raises(InvalidInput, match="unknown filter 'Nope'"):
         Scheduler(store, SchedulerConfig(filters=["Nope"]))
+
+
+# -- SCHED_REQUIREMENTS (pools with a host constraint write it) ---------------------------------
+def test_requirements_pin_the_host(store: Store) -> None:
+    with store.transaction() as conn:
+        farm(conn, {"hv1": 3, "hv2": 3, "hv3": 3})
+        a = rows.vm(conn, "a")
+        conn.execute(update(schema.vms).where(schema.vms.c.id == a).values(
+            template='SCHED_REQUIREMENTS = "HOSTNAME = \\"hv3\\" | HOSTNAME = \\"hv2\\""\n'))
+        b = rows.vm(conn, "b")
+        conn.execute(update(schema.vms).where(schema.vms.c.id == b).values(
+            template='SCHED_REQUIREMENTS = "HOSTNAME = \\"hv9\\""\n'))
+        c = rows.vm(conn, "c")
+        conn.execute(update(schema.vms).where(schema.vms.c.id == c).values(
+            template='SCHED_REQUIREMENTS = "FREE_CPU > 50"\n'))
+    result = place(store)
+    assert {p.vm_id: p.host for p in result.placements}[a] in ("hv2", "hv3")
+    assert {p.vm_id for p in result.placements} == {a}
+    assert "No host allowed by SCHED_REQUIREMENTS (hv9)" in (message(store, b) or "")
+    assert "is not understood" in (message(store, c) or "")
+
+
+def test_requirement_hosts_subset() -> None:
+    from lxcloud_py.scheduler.state import requirement_hosts
+
+    assert requirement_hosts('HOSTNAME = "a" | HOSTNAME=b') == frozenset({"a", "b"})
+    assert requirement_hosts('HOSTNAME = "a" & CPU > 1') == frozenset()
+    assert requirement_hosts('HOSTNAME = "a;rm"') == frozenset()
