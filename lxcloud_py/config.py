@@ -24,7 +24,7 @@ Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,9 +248,8 @@ class Settings:
 
     def scheduler(self) -> SchedulerConfig:
         """The file's scheduler section with the declared keys resolved over it."""
-        from dataclasses import replace
-
-        return replace(self.config.scheduler, **self.section("scheduler")).validate()
+        # The declared keys are checked by their parsers, the rest came checked from the file.
+        return replace(self.config.scheduler, **self.section("scheduler"))
 
     def source_of(self, section: str, name: str) -> str:
         """Where a key of any section came from (declared or not)."""
