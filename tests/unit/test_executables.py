@@ -29,11 +29,12 @@ def executables() -> list[str]:
 #: Executables whose run without arguments is their job (install, test, demo, build, CI): they
 #: are checked with --help and --list only.
 MAIN_JOBS = {".ci/run", "scripts/bootstrap", "scripts/test", "scripts/demo",
-             "images/build-test-image", "testbed/up", "testbed/down", "testbed/status",
-             "testbed/shape", "testbed/ssh", "testbed/testbed.py",
+             "images/build-test-image", "scripts/install-check", "testbed/up", "testbed/down",
+             "testbed/status", "testbed/shape", "testbed/ssh", "testbed/testbed.py",
              "roles/hypervisor/molecule/default/controlplane"}
 #: Scripts that must refuse to run here (not their place), with no arguments.
-ONE_PLACE = {"roles/hypervisor/files/lxcloud-register.init": 6}
+ONE_PLACE = {"roles/hypervisor/files/lxcloud-register.init": 6,
+             "roles/control_plane/files/lxcloud-supervise": 6}
 
 SANDBOX = ["unshare", "-m", "-p", "-f", "--mount-proc", "--propagation", "private"]
 
