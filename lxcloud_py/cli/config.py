@@ -12,7 +12,7 @@ import json
 from dataclasses import fields
 from typing import Any
 
-from lxcloud_py.config import SETTINGS, Settings, add_setting_flags, effective, load_config
+from lxcloud_py.config import SETTINGS, Settings, add_setting_flags
 from lxcloud_py.table import render
 
 SECTIONS = ("daemon", "api", "scheduler", "executor")
@@ -73,8 +73,10 @@ def rows(settings: Settings) -> list[dict[str, Any]]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    settings = effective(config, args)
+    from lxcloud_py.cli.serve import resolve  # the same resolution as serve's
+
+    settings = resolve(args)
+    config = settings.config
     table = rows(settings)
     if args.json:
         print(json.dumps({"config_file": config.path, "settings": table}, indent=2))

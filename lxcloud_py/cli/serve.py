@@ -48,9 +48,20 @@ def register(subparsers: Any) -> None:
 
 
 def resolve(args: argparse.Namespace) -> Settings:
-    """Load the config file and resolve the settings over it (again on SIGHUP)."""
+    """Load the config file and resolve the settings over it (again on SIGHUP).
+
+    The executor needs an inventory: when the stages are the default ones and no inventory is
+    set, the executor is left out (``serve`` says so); asked for by name, it is an error."""
     settings = effective(load_config(args.config), args)
-    settings.values["daemon.stages"] = check_stages(settings["daemon.stages"])
+    stages = check_stages(settings["daemon.stages"])
+    if (
+        settings.sources["daemon.stages"] == "default"
+        and "executor" in stages
+        and not settings["executor.inventory"]
+    ):
+        stages.remove("executor")
+        settings.sources["daemon.stages"] = "default, without executor: no executor.inventory"
+    settings.values["daemon.stages"] = stages
     if "api" in settings["daemon.stages"]:
         parse_listen(str(settings["api.listen"]))
     return settings
@@ -89,6 +100,11 @@ def setup_logging(log_format: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = resolve(args)
     setup_logging(settings["daemon.log_format"])
+    if "without executor" in settings.sources["daemon.stages"]:
+        log.warning(
+            "no inventory (--inventory, LXCLOUD_INVENTORY or executor.inventory): "
+            "running without the executor stage; VMs are placed but not deployed"
+        )
     stages = [registry.stage_class(n) for n in settings["daemon.stages"]]
     store = Store(args.db)
     try:

@@ -19,7 +19,8 @@ import sched_rows as rows
 from sqlalchemy import insert, update
 
 from lxcloud_py import pools
-from lxcloud_py.cli import main
+from lxcloud_py.cli import build_parser, main
+from lxcloud_py.cli.serve import resolve
 from lxcloud_py.cli.status import format_snapshot, snapshot
 from lxcloud_py.config import Config, Settings, effective
 from lxcloud_py.daemon import Daemon, PeriodicStage, StageContext, check_stages
@@ -246,7 +247,10 @@ def test_serve_help_names_every_stage_and_the_missing_reconciler(
 
 
 def test_serve_refuses_unknown_stages_and_an_executor_without_inventory(
-    sqlite_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("LXCLOUD_INVENTORY", raising=False)
     monkeypatch.delenv("LXCLOUD_CONFIG", raising=False)
@@ -256,6 +260,15 @@ def test_serve_refuses_unknown_stages_and_an_executor_without_inventory(
     assert "not implemented yet" in capsys.readouterr().err
     assert main([*argv, "--stages", "executor"]) == 1
     assert "executor stage: no inventory" in capsys.readouterr().err
+    # The default stages without an inventory: all but the executor, and it says so.
+    args = build_parser().parse_args(argv)
+    settings = resolve(args)
+    assert settings["daemon.stages"] == ["api", "monitor", "scheduler", "pools"]
+    assert "without executor" in settings.sources["daemon.stages"]
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text("[hypervisors]\n")
+    settings = resolve(build_parser().parse_args([*argv, "--inventory", str(inventory)]))
+    assert settings["daemon.stages"] == ["api", "monitor", "scheduler", "executor", "pools"]
 
 
 def test_decisions_are_logged_stored_and_pruned(
