@@ -1,0 +1,258 @@
+"""OpenNebula's own Ansible content, unchanged, against a served lxcloud (issue 18): the
+``community.general`` modules ``one_host``, ``one_template``, ``one_vm`` and the
+``community.general.opennebula`` inventory plugin (from the ``ansible`` package), over
+``lxcloud serve`` on a temporary SQLite database.
+
+``test_modules_and_inventory`` needs only the API: one_vm runs without ``wait`` (the VMs stay
+PENDING until ``lxcloud schedule --once`` places them), which is what the inventory then
+lists. ``test_one_vm_lifecycle_on_testbed`` is the full end to end (VMs brought up on
+testbed hosts with ``wait``, ``exact_count`` + ``count_labels``, ``state: absent``); it needs
+a ``lxcloud serve`` that runs the scheduler and executor stages and skips until it has one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import xmlrpc.client
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lxcloud_py.api.launcher import ServeProcess
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+PW = "one-modules-pw"
+ADMIN = f"oneadmin:{PW}"
+HOST = "hv-a"
+
+
+class Served:
+    """``lxcloud db init`` + leases for hv-a + ``lxcloud serve`` on a free loopback port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.env = dict(os.environ, LXCLOUD_DB=f"sqlite:///{tmp / 'lxcloud.db'}")
+        self.env.pop("LXCLOUD_CONFIG", None)
+        self.lxcloud("db", "init", "--admin-password", PW)
+        leases = tmp / "leases.csv"
+        leases.write_text(
+            "ip,mac,name,host\n"
+            + "".join(f"10.77.0.{10 + i},52:54:00:77:00:{10 + i:02x},vm{i}.farm,{HOST}\n"
+                      for i in range(4))
+        )  # fmt: skip
+        self.lxcloud("lease", "import", str(leases))
+        self.server = ServeProcess(self.env["LXCLOUD_DB"], tmp / "serve.log", env=self.env).start()
+        self.url = self.server.url
+        self.api = xmlrpc.client.ServerProxy(self.url)
+
+    def lxcloud(self, *args: str) -> str:
+        done = subprocess.run(
+            [str(BIN / "lxcloud"), *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def register_when_allocated(self, name: str, timeout: float = 60) -> threading.Thread:
+        """What a hypervisor does at boot: once one_host has allocated ``name`` (INIT), it
+        registers with its capacity, which makes it MONITORED (one_host waits for that)."""
+
+        def run() -> None:
+            api = xmlrpc.client.ServerProxy(self.url)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                ok, pool = api.one.hostpool.info(ADMIN)[:2]
+                if ok and f"<NAME>{name}</NAME>" in pool:
+                    reply = api.lxcloud.host.register(
+                        ADMIN, name, {"cpu": 4.0, "memory_mb": 8192}, [], {}
+                    )
+                    assert reply[0], reply
+                    return
+                time.sleep(0.2)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def playbook(self, tasks: list[dict[str, Any]], name: str) -> dict[str, Any]:
+        """Run ``tasks`` on localhost; the results of the tasks, by task name."""
+        play = [
+            {
+                "name": name,
+                "hosts": "localhost",
+                "connection": "local",
+                "gather_facts": False,
+                "module_defaults": {
+                    f"community.general.{m}": {
+                        "api_url": self.url,
+                        "api_username": "oneadmin",
+                        "api_password": PW,
+                    }
+                    for m in ("one_host", "one_template", "one_vm")
+                },
+                "tasks": tasks,
+            }
+        ]
+        path = self.tmp / f"{name}.yml"
+        path.write_text(yaml.safe_dump(play, sort_keys=False))
+        done = subprocess.run(
+            [
+                str(BIN / "ansible-playbook"), "-i", "localhost,", str(path),
+                "-e", f"ansible_python_interpreter={sys.executable}",
+            ],
+            env=dict(self.env, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+                     ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0"),
+            cwd=self.tmp, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        try:
+            report = json.loads(done.stdout)
+        except ValueError:
+            pytest.fail(f"ansible-playbook: {done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        results = {
+            t["task"]["name"]: t["hosts"]["localhost"] for t in report["plays"][0]["tasks"]
+        }
+        failed = {k: v.get("msg") for k, v in results.items() if v.get("failed")}
+        assert done.returncode == 0 and not failed, (failed, done.stderr[-2000:])
+        return results
+
+    def inventory(self) -> dict[str, Any]:
+        """``ansible-inventory --list`` through community.general.opennebula."""
+        conf = self.tmp / "opennebula.yml"
+        conf.write_text(
+            yaml.safe_dump(
+                {
+                    "plugin": "community.general.opennebula",
+                    "api_url": self.url,
+                    "api_username": "oneadmin",
+                    "api_password": PW,
+                    "hostname": "v4_first_ip",
+                    "group_by_labels": True,
+                }
+            )
+        )
+        done = subprocess.run(
+            [str(BIN / "ansible-inventory"), "-i", str(conf), "--list"],
+            env=self.env, cwd=self.tmp, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        # a plugin that fails is only a warning for ansible-inventory (which then lists nothing)
+        assert "parse" not in done.stderr, done.stderr
+        return dict(json.loads(done.stdout, object_hook=_plain))
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def _plain(obj: dict[str, Any]) -> Any:
+    """ansible-inventory's JSON marks the plugin's values ``{"__ansible_unsafe": value}``."""
+    return obj["__ansible_unsafe"] if set(obj) == {"__ansible_unsafe"} else obj
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    s = Served(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+HOST_TASK = {
+    "community.general.one_host": {
+        "name": HOST,
+        "im_mad_name": "lxcloud",
+        "vmm_mad_name": "kvm",
+        "labels": ["rack1", "ssd"],
+        "wait_timeout": 60,
+    }
+}
+TEMPLATE_TASK = {
+    "community.general.one_template": {
+        "name": "batch",
+        "template": 'CPU = "0.5"\nVCPU = "1"\nMEMORY = "256"\nCONTEXT = [ ROLE = "worker" ]\n',
+    }
+}
+
+
+def test_modules_and_inventory(served: Served) -> None:
+    registrar = served.register_when_allocated(HOST)
+    r = served.playbook(
+        [
+            {"name": "host 1", **HOST_TASK, "register": "h1"},
+            {"name": "host 2", **HOST_TASK, "register": "h2"},
+            {"name": "template 1", **TEMPLATE_TASK},
+            {"name": "template 2", **TEMPLATE_TASK},
+            {
+                "name": "vms",
+                "community.general.one_vm": {
+                    "template_name": "batch",
+                    "count": 2,
+                    "labels": ["farm", "batch"],
+                    "attributes": {"name": "worker-##"},
+                    "wait": False,  # PENDING until a scheduling cycle; no daemon here
+                },
+            },
+        ],
+        "modules",
+    )
+    registrar.join(5)
+    assert r["host 1"]["changed"] is True and r["host 2"]["changed"] is False
+    assert r["template 1"]["changed"] is True and r["template 2"]["changed"] is False
+    assert r["template 2"]["template"]["CONTEXT"] == {"ROLE": "worker"}
+    vms = r["vms"]
+    assert vms["changed"] is True and len(vms["instances"]) == 2
+    assert sorted(i["vm_name"] for i in vms["instances"]) == ["worker-00", "worker-01"]
+    for inst in vms["instances"]:
+        assert inst["state"] == "PENDING" and inst["labels"] == ["farm", "batch"]
+        assert inst["template_id"] == r["template 2"]["id"]
+
+    # the host's labels are in its template, its cluster the default one
+    ok, host_xml = served.api.one.hostpool.info(ADMIN)[:2]
+    assert ok and "<LABELS>rack1, ssd</LABELS>" in host_xml
+    assert "<CLUSTER_ID>0</CLUSTER_ID>" in host_xml
+
+    # nothing placed yet: the inventory (ACTIVE VMs) is empty; after a cycle it lists both
+    assert served.inventory()["all"].get("children", []) in ([], ["ungrouped"])
+    served.lxcloud("schedule", "--once")
+    inv = served.inventory()
+    hostvars = inv["_meta"]["hostvars"]
+    assert sorted(hostvars) == ["worker-00", "worker-01"]
+    ips = {h["ansible_host"] for h in hostvars.values()}
+    assert len(ips) == 2 and all(ip.startswith("10.77.0.") for ip in ips)
+    for h in hostvars.values():
+        assert h["host"] == HOST and h["LABELS"] == ["farm", "batch"]
+        assert h["v4_first_ip"] == h["ansible_host"]
+    assert sorted(inv["farm"]["hosts"]) == ["worker-00", "worker-01"]
+
+
+def _daemon_ready() -> str | None:
+    """Why the end-to-end test cannot run, or None."""
+    help_text = subprocess.run(
+        [str(BIN / "lxcloud"), "serve", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
+    if "--inventory" not in help_text and "executor" not in help_text:
+        return "`lxcloud serve` does not run the scheduler and executor stages yet (h/daemon)"
+    if os.geteuid() != 0:
+        return "the testbed needs root"
+    return None
+
+
+@pytest.mark.testbed
+@pytest.mark.libvirt
+def test_one_vm_lifecycle_on_testbed(tmp_path: Path) -> None:
+    """one_vm with wait brings two VMs up on testbed hosts; exact_count 3 + count_labels
+    converges to three; state absent terminates them; the inventory lists them with IPs.
+    Run under the heavy lock with the caller's LXCLOUD_TESTBED_* names."""
+    reason = _daemon_ready()
+    if reason:
+        pytest.skip(reason)
+    pytest.skip("waits on the daemon branch: the serve options to point it at a testbed")
