@@ -117,9 +117,7 @@ class Served:
             report = json.loads(done.stdout)
         except ValueError:
             pytest.fail(f"ansible-playbook: {done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        results = {
-            t["task"]["name"]: t["hosts"]["localhost"] for t in report["plays"][0]["tasks"]
-        }
+        results = {t["task"]["name"]: t["hosts"]["localhost"] for t in report["plays"][0]["tasks"]}
         failed = {k: v.get("msg") for k, v in results.items() if v.get("failed")}
         assert done.returncode == 0 and not failed, (failed, done.stderr[-2000:])
         return results
