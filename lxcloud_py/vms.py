@@ -154,31 +154,45 @@ def allocate(
 ) -> tuple[int, str]:
     """Create a VM from a template; returns (id, callback token). PENDING, or HOLD."""
     spec = parse_spec(text)
+    with store.transaction() as conn:
+        return insert_vm(conn, spec, owner_id, hold=hold, pool_id=pool_id)
+
+
+def insert_vm(
+    conn: Connection,
+    spec: Spec,
+    owner_id: int,
+    hold: bool = False,
+    pool_id: int | None = None,
+    note: str = "",
+) -> tuple[int, str]:
+    """Insert a VM for a parsed template in the caller's transaction (the one path of
+    ``one.vm.allocate`` and of pool refills); returns (id, callback token)."""
     token = auth.new_token()
     state = VMState.HOLD if hold else VMState.PENDING
-    with store.transaction() as conn:
-        res = conn.execute(
-            insert(_V).values(
-                name=spec.name or "one-new",
-                owner_id=owner_id,
-                template=spec.template.to_text(),
-                state=int(state),
-                lcm_state=int(LCMState.LCM_INIT),
-                cpu=spec.cpu,
-                vcpu=spec.vcpu,
-                memory_mb=spec.memory_mb,
-                image_name=spec.image,
-                pool_id=pool_id,
-                lifetime=spec.lifetime,
-                created=now(),
-                token_hash=auth.hash_token(token),
-            )
+    res = conn.execute(
+        insert(_V).values(
+            name=spec.name or "one-new",
+            owner_id=owner_id,
+            template=spec.template.to_text(),
+            state=int(state),
+            lcm_state=int(LCMState.LCM_INIT),
+            cpu=spec.cpu,
+            vcpu=spec.vcpu,
+            memory_mb=spec.memory_mb,
+            image_name=spec.image,
+            pool_id=pool_id,
+            lifetime=spec.lifetime,
+            created=now(),
+            token_hash=auth.hash_token(token),
         )
-        vm_id = _inserted_id(res)
-        if spec.name is None:
-            conn.execute(update(_V).where(_V.c.id == vm_id).values(name=f"one-{vm_id}"))
-        Store.record(conn, "vm", vm_id, None, state, "allocated" + (" on hold" if hold else ""))
-    log.info("VM %d allocated (%s)", vm_id, state.name)
+    )
+    vm_id = _inserted_id(res)
+    if spec.name is None:
+        conn.execute(update(_V).where(_V.c.id == vm_id).values(name=f"one-{vm_id}"))
+    message = "allocated" + (" on hold" if hold else "") + (f" ({note})" if note else "")
+    Store.record(conn, "vm", vm_id, None, state, message)
+    log.info("VM %d allocated (%s)%s", vm_id, state.name, f" {note}" if note else "")
     return vm_id, token
 
 
@@ -211,53 +225,109 @@ def action(store: Store, vm_id: int, name: str) -> int:
     if name not in ACTIONS:
         raise InvalidInput(f"unknown action {name!r} (known: {', '.join(ACTIONS)})")
     with store.transaction() as conn:
-        row = conn.execute(store.for_update(select(_V).where(_V.c.id == vm_id))).first()
+        return action_in(store, conn, vm_id, name)
+
+
+def action_in(store: Store, conn: Connection, vm_id: int, name: str, why: str = "") -> int:
+    """:func:`action` in the caller's transaction (``why`` is added to the history record)."""
+    row = conn.execute(store.for_update(select(_V).where(_V.c.id == vm_id))).first()
+    if row is None:
+        raise NotFound(f"VM {vm_id} does not exist")
+    state, lcm = VMState(row.state), int(row.lcm_state)
+    current = _state_text(state, lcm)
+    new: tuple[VMState, LCMState] | None = None
+    extra: dict[str, Any] = {}
+    free_lease = False
+    if name in ("terminate", "terminate-hard"):
+        if state in (VMState.PENDING, VMState.HOLD):
+            new = (VMState.DONE, LCMState.LCM_INIT)
+            extra["ended"] = now()
+            free_lease = True
+        elif state == VMState.ACTIVE and lcm == LCMState.SHUTDOWN:
+            return vm_id  # already being terminated
+        elif state in (VMState.ACTIVE, VMState.POWEROFF):
+            new = (VMState.ACTIVE, LCMState.SHUTDOWN)
+    elif name in ("poweroff", "poweroff-hard"):
+        if state == VMState.ACTIVE and lcm == LCMState.SHUTDOWN_POWEROFF:
+            return vm_id
+        if state == VMState.ACTIVE and lcm in (LCMState.RUNNING, LCMState.UNKNOWN):
+            new = (VMState.ACTIVE, LCMState.SHUTDOWN_POWEROFF)
+    elif name == "resume":
+        if state == VMState.POWEROFF:
+            new = (VMState.ACTIVE, LCMState.BOOT_POWEROFF)
+    elif name == "reboot":
+        if state == VMState.ACTIVE and lcm == LCMState.RUNNING:
+            Store.record(conn, "vm", vm_id, current, current, "reboot requested")
+            return vm_id
+    elif name == "hold":
+        if state == VMState.PENDING:
+            new = (VMState.HOLD, LCMState.LCM_INIT)
+    elif name == "release" and state == VMState.HOLD:
+        new = (VMState.PENDING, LCMState.LCM_INIT)
+    if new is None:
+        raise WrongState(f"cannot {name} VM {vm_id} in state {current}")
+    res = conn.execute(
+        update(_V)
+        .where(_V.c.id == vm_id, _V.c.state == row.state, _V.c.lcm_state == row.lcm_state)
+        .values(state=int(new[0]), lcm_state=int(new[1]), **extra)
+    )
+    if res.rowcount != 1:  # pragma: no cover - the row lock/BEGIN IMMEDIATE prevents it
+        raise WrongState(f"VM {vm_id} changed state during {name}; retry")
+    Store.record(conn, "vm", vm_id, current, _state_text(*new), f"{name}: {why}" if why else name)
+    if free_lease:
+        release_lease(conn, vm_id)
+    log.info("VM %d: %s: %s -> %s", vm_id, name, current, _state_text(*new))
+    return vm_id
+
+
+# -- exit reasons (Vac's shutdown codes) ------------------------------------------------------
+#: The codes a VM may end itself with (Vac/Vcycle's), and what they mean.
+EXIT_CODES: dict[int, str] = {
+    100: "shutdown as requested by the host (lifetime reached, drain)",
+    200: "intended work completed ok",
+    300: "no more work available from the task queue",
+    400: "site/host/VM banned or disabled from receiving work",
+    500: "problem with the environment/VM/contextualization provided by the site",
+    600: "grid-wide problem with the job agent or application",
+    700: "error of the job agent or application inside the VM",
+}
+MAX_EXIT_MESSAGE = 512
+
+
+def check_exit(code: object, message: object) -> tuple[int, str]:
+    """The validated (code, message) of an exit: a code of :data:`EXIT_CODES`, a message of
+    printable characters (control characters become spaces, cut at 512)."""
+    if isinstance(code, bool) or not isinstance(code, int) or code not in EXIT_CODES:
+        known = ", ".join(str(c) for c in EXIT_CODES)
+        raise InvalidInput(f"exit code must be one of {known}, got {code!r}")
+    if not isinstance(message, str):
+        raise InvalidInput("exit message must be a string")
+    clean = "".join(ch if ch.isprintable() else " " for ch in message).strip()
+    return code, clean[:MAX_EXIT_MESSAGE]
+
+
+def exit_vm(store: Store, vm_id: int, code: int, message: str, hard: bool = False) -> int:
+    """The VM ends itself with an exit ``code`` and ``message``: both are stored (the first
+    exit reported wins; a repeated call, e.g. a callback whose reply was lost, changes
+    nothing) and the VM is terminated in the same transaction. Returns the VM's id."""
+    code, message = check_exit(code, message)
+    with store.transaction() as conn:
+        row = conn.execute(
+            store.for_update(select(_V.c.state, _V.c.exit_code).where(_V.c.id == vm_id))
+        ).first()
         if row is None:
             raise NotFound(f"VM {vm_id} does not exist")
-        state, lcm = VMState(row.state), int(row.lcm_state)
-        current = _state_text(state, lcm)
-        new: tuple[VMState, LCMState] | None = None
-        extra: dict[str, Any] = {}
-        free_lease = False
-        if name in ("terminate", "terminate-hard"):
-            if state in (VMState.PENDING, VMState.HOLD):
-                new = (VMState.DONE, LCMState.LCM_INIT)
-                extra["ended"] = now()
-                free_lease = True
-            elif state == VMState.ACTIVE and lcm == LCMState.SHUTDOWN:
-                return vm_id  # already being terminated
-            elif state in (VMState.ACTIVE, VMState.POWEROFF):
-                new = (VMState.ACTIVE, LCMState.SHUTDOWN)
-        elif name in ("poweroff", "poweroff-hard"):
-            if state == VMState.ACTIVE and lcm == LCMState.SHUTDOWN_POWEROFF:
-                return vm_id
-            if state == VMState.ACTIVE and lcm in (LCMState.RUNNING, LCMState.UNKNOWN):
-                new = (VMState.ACTIVE, LCMState.SHUTDOWN_POWEROFF)
-        elif name == "resume":
-            if state == VMState.POWEROFF:
-                new = (VMState.ACTIVE, LCMState.BOOT_POWEROFF)
-        elif name == "reboot":
-            if state == VMState.ACTIVE and lcm == LCMState.RUNNING:
-                Store.record(conn, "vm", vm_id, current, current, "reboot requested")
-                return vm_id
-        elif name == "hold":
-            if state == VMState.PENDING:
-                new = (VMState.HOLD, LCMState.LCM_INIT)
-        elif name == "release" and state == VMState.HOLD:
-            new = (VMState.PENDING, LCMState.LCM_INIT)
-        if new is None:
-            raise WrongState(f"cannot {name} VM {vm_id} in state {current}")
-        res = conn.execute(
-            update(_V)
-            .where(_V.c.id == vm_id, _V.c.state == row.state, _V.c.lcm_state == row.lcm_state)
-            .values(state=int(new[0]), lcm_state=int(new[1]), **extra)
-        )
-        if res.rowcount != 1:  # pragma: no cover - the row lock/BEGIN IMMEDIATE prevents it
-            raise WrongState(f"VM {vm_id} changed state during {name}; retry")
-        Store.record(conn, "vm", vm_id, current, _state_text(*new), name)
-        if free_lease:
-            release_lease(conn, vm_id)
-    log.info("VM %d: %s: %s -> %s", vm_id, name, current, _state_text(*new))
+        if row.state == VMState.DONE:
+            raise WrongState(f"cannot exit VM {vm_id}: it is DONE")
+        why = f"exit {code} {message}".rstrip()
+        if row.exit_code is None:
+            conn.execute(
+                update(_V)
+                .where(_V.c.id == vm_id)
+                .values(exit_code=code, exit_message=message or None, exit_time=now())
+            )
+        action_in(store, conn, vm_id, "terminate-hard" if hard else "terminate", why)
+    log.info("VM %d ended itself: %d %s", vm_id, code, message)
     return vm_id
 
 
@@ -290,9 +360,7 @@ def executor_transition(store: Store, vm_id: int, name: str, message: str) -> bo
     (old_s, old_l), (new_s, new_l) = EXECUTOR_TRANSITIONS[name]
     t = now()
     with store.transaction() as conn:
-        row = conn.execute(
-            store.for_update(select(_V.c.lifetime).where(_V.c.id == vm_id))
-        ).first()
+        row = conn.execute(store.for_update(select(_V.c.lifetime).where(_V.c.id == vm_id))).first()
         if row is None:
             raise NotFound(f"VM {vm_id} does not exist")
         values: dict[str, Any] = dict(state=int(new_s), lcm_state=int(new_l))

@@ -1,9 +1,11 @@
-"""OpenNebula-shaped XML documents: ``<VM>``, ``<VM_POOL>``, ``<HOST>``, ``<HOST_POOL>``.
+"""OpenNebula-shaped XML documents: ``<VM>``, ``<VM_POOL>``, ``<HOST>``, ``<HOST_POOL>``, and
+lxcloud's ``<POOL>``/``<POOL_POOL>`` (provisioning pools, in the same style).
 
 Element names and order follow OpenNebula's schemas (``share/doc/xsd/vm.xsd`` and
 ``host.xsd`` in OpenNebula/one): numeric STATE/LCM_STATE, STIME/ETIME as epoch seconds,
 ``TEMPLATE`` (CPU, VCPU, MEMORY, DISK, NIC, CONTEXT), ``USER_TEMPLATE`` (the other attributes,
-SCHED_MESSAGE), ``HISTORY_RECORDS``; hosts' ``HOST_SHARE`` in OpenNebula's units (CPU in
+SCHED_MESSAGE; a pool VM's LXCLOUD_DRAIN, its exit's LXCLOUD_EXIT_CODE/_MESSAGE/_TIME),
+``HISTORY_RECORDS``; hosts' ``HOST_SHARE`` in OpenNebula's units (CPU in
 percent of one core, memory in KiB, disk in MiB). Built with ElementTree, never by formatting
 input into strings.
 """
@@ -135,6 +137,13 @@ def vm_element(vm: dict[str, Any]) -> ET.Element:
         _sub(u, "DEADLINE", _epoch(vm["deadline"]))
     if vm.get("sched_message"):
         _sub(u, "SCHED_MESSAGE", vm["sched_message"])
+    if vm.get("drain_requested"):
+        _sub(u, "LXCLOUD_DRAIN", "YES")  # the pool asks the VM to end itself (exit 100)
+        _sub(u, "LXCLOUD_DRAIN_TIME", _epoch(vm["drain_requested"]))
+    if vm.get("exit_code") is not None:
+        _sub(u, "LXCLOUD_EXIT_CODE", vm["exit_code"])
+        _sub(u, "LXCLOUD_EXIT_MESSAGE", vm.get("exit_message") or "")
+        _sub(u, "LXCLOUD_EXIT_TIME", _epoch(vm.get("exit_time")))
 
     hist = _sub(root, "HISTORY_RECORDS")
     if host is not None:
@@ -252,4 +261,52 @@ def host_pool_document(hosts: Iterable[dict[str, Any]]) -> str:
     root = ET.Element("HOST_POOL")
     for host in hosts:
         root.append(host_element(host))
+    return to_string(root)
+
+
+# -- POOL (lxcloud's provisioning pools) --------------------------------------------------------
+def pool_element(pool: dict[str, Any]) -> ET.Element:
+    """``pool`` as :func:`lxcloud_py.pools.pool_status` returns it (plus ``decisions`` for
+    one pool's info)."""
+    spec = pool["spec"]
+    root = ET.Element("POOL")
+    _sub(root, "ID", pool["id"])
+    _sub(root, "NAME", spec.name)
+    _sub(root, "TARGET", spec.target)
+    _sub(root, "LIFETIME", spec.lifetime or 0)
+    _sub(root, "PRIORITY", spec.priority)
+    _sub(root, "ENABLED", spec.enabled)
+    _sub(root, "DRAIN", spec.drain)
+    hosts = _sub(root, "HOSTS")
+    for name in spec.hosts:
+        _sub(hosts, "HOST", name)
+    _sub(root, "BACKOFF_BASE", spec.backoff_base)
+    _sub(root, "BACKOFF_MAX", spec.backoff_max)
+    _sub(root, "BACKOFF_LEVEL", pool["backoff_level"])
+    _sub(root, "BACKOFF_UNTIL", _epoch(pool["backoff_until"]))
+    for key in ("active", "pending", "draining", "live"):
+        _sub(root, key.upper(), pool[key])
+    _sub(root, "CREATED", _epoch(pool["created"]))
+    _sub(root, "UPDATED", _epoch(pool["updated"]))
+    _sub(root, "TEMPLATE_TEXT", spec.template)
+    # the template was checked when the pool was set
+    template.parse_text(spec.template).to_xml(_sub(root, "TEMPLATE"))
+    if "decisions" in pool:
+        decisions = _sub(root, "DECISIONS")
+        for rec in pool["decisions"]:
+            d = _sub(decisions, "DECISION")
+            _sub(d, "TIME", _epoch(rec["ts"]))
+            _sub(d, "ACTION", rec["new_state"] or "change")
+            _sub(d, "MESSAGE", rec["message"] or "")
+    return root
+
+
+def pool_document(pool: dict[str, Any]) -> str:
+    return to_string(pool_element(pool))
+
+
+def pool_pool_document(pools: Iterable[dict[str, Any]]) -> str:
+    root = ET.Element("POOL_POOL")
+    for pool in pools:
+        root.append(pool_element(pool))
     return to_string(root)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lxcloud_py import __version__, hosts, images, leases, vms
+from lxcloud_py import __version__, hosts, images, leases, pools, vms
 from lxcloud_py.model import Conflict, InvalidInput, NotFound
 from lxcloud_py.store import Store
 from lxcloud_py.users import Principal
@@ -302,7 +302,20 @@ class LxHostNamespace(Namespace):
 
 class LxVmNamespace(Namespace):
     NAME = "lxcloud.vm"
-    METHODS = ("token",)
+    METHODS = ("token", "exit")
+    VM_METHODS = ("exit",)
+
+    def exit(self, who: Principal, vm_id: object, code: object, message: object = "") -> int:
+        """The VM ends itself with a Vac exit code (100..700) and a message: both are stored
+        and the VM is terminated (a VM's token may end only that VM, as one.vm.action)."""
+        vid = want_int(vm_id, "VM id")
+        VmNamespace._own(who, "lxcloud.vm.exit", vid, "MANAGE")
+        try:
+            return vms.exit_vm(
+                self.store, vid, want_int(code, "exit code"), want_str(message, "message", 4096)
+            )
+        except NotFound:
+            raise ApiFailure(NO_EXISTS, f"Error getting virtual machine [{vid}].", vid) from None
 
     def token(self, who: Principal, vm_id: object) -> str:
         vid = want_int(vm_id, "VM id")
@@ -365,6 +378,76 @@ class LxLeaseNamespace(Namespace):
         ]
 
 
+def _pool_key(value: object) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ApiFailure(XML_RPC_API, "pool must be given by name (string) or id (integer)")
+    return value
+
+
+class LxPoolNamespace(Namespace):
+    """Provisioning pools (lxcloud_py.pools): a pool is a struct of the fields of
+    ``PoolSpec`` (``template`` text, or ``image`` + ``cpu``/``vcpu``/``memory``/``context``)."""
+
+    NAME = "lxcloud.pool"
+    METHODS = ("allocate", "info", "update", "delete", "plan")
+
+    def plan(self, who: Principal, data: object) -> dict[str, Any]:
+        """What setting the pool to ``data`` would change, changing nothing: a struct with
+        ``exists``, ``changed``, ``changes`` (texts), ``before`` and ``after`` (the pool's
+        fields; lifetime 0 is none). Check mode and diff of the Ansible module."""
+        return pools.plan_request(self.store, want_struct(data, "pool"))
+
+    def allocate(self, who: Principal, data: object) -> int:
+        try:
+            return pools.create_pool(
+                self.store, pools.spec_from_mapping(want_struct(data, "pool"))
+            )
+        except (Conflict, InvalidInput) as exc:
+            raise ApiFailure(ALLOCATE, str(exc)) from None
+
+    def info(self, who: Principal, pool: object) -> str:
+        key = _pool_key(pool)
+        with self.store.transaction() as conn:
+            try:
+                row = pools.find(conn, key)
+            except NotFound:
+                raise ApiFailure(NO_EXISTS, f"Error getting pool [{key}].") from None
+            (status,) = pools.pool_status(conn, [row])
+            status["decisions"] = pools.decisions_of(conn, row.id)
+        return documents.pool_document(status)
+
+    def update(self, who: Principal, pool: object, data: object, merge: object = True) -> int:
+        """Change a pool: with ``merge`` (default) the fields given replace the current ones;
+        without, the struct is the whole pool (fields not given take their defaults)."""
+        key = _pool_key(pool)
+        changes = want_struct(data, "pool")
+        with self.store.transaction() as conn:
+            row = pools.find(conn, key)
+        if changes.get("name", row.name) != row.name:
+            raise ApiFailure(XML_RPC_API, "a pool's name cannot change")
+        if want_bool(merge, "merge"):
+            base = pools.merged_mapping(pools.get_spec_of(row), changes)
+        else:
+            base = dict(changes)
+        pools.update_pool(self.store, row.name, pools.spec_from_mapping(base, row.name))
+        return int(row.id)
+
+    def delete(self, who: Principal, pool: object, force: object = False) -> int:
+        key = _pool_key(pool)
+        with self.store.transaction() as conn:
+            row = pools.find(conn, key)
+        return pools.delete_pool(self.store, row.name, force=want_bool(force, "force"))
+
+
+class LxPoolPoolNamespace(Namespace):
+    NAME = "lxcloud.poolpool"
+    METHODS = ("info",)
+
+    def info(self, who: Principal) -> str:
+        with self.store.transaction() as conn:
+            return documents.pool_pool_document(pools.list_pools(conn))
+
+
 NAMESPACES: tuple[type[Namespace], ...] = (
     SystemNamespace,
     HostNamespace,
@@ -375,4 +458,6 @@ NAMESPACES: tuple[type[Namespace], ...] = (
     LxVmNamespace,
     LxImageNamespace,
     LxLeaseNamespace,
+    LxPoolNamespace,
+    LxPoolPoolNamespace,
 )

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lxcloud_py import users, vms
+from lxcloud_py import template, users, vms
 from lxcloud_py.api import documents
 from lxcloud_py.model import InvalidInput
 from lxcloud_py.store import Store
@@ -64,6 +64,26 @@ def vm_rows(rows: list[dict[str, Any]]) -> list[list[object]]:
     ]
 
 
+def _exit_text(vm: dict[str, Any]) -> str:
+    """``300 no more work available ...: "the VM's message" at TIME`` or ``-``."""
+    code = vm["exit_code"]
+    if code is None:
+        return "-"
+    meaning = vms.EXIT_CODES.get(code, "?")
+    message = f' "{vm["exit_message"]}"' if vm["exit_message"] else ""
+    return f"{code} ({meaning}){message} at {_when(vm['exit_time'])}"
+
+
+def _pool_name(vm: dict[str, Any]) -> str:
+    if vm["pool_id"] is None:
+        return "-"
+    try:
+        name = template.parse(vm["template"]).get("POOL")
+    except InvalidInput:
+        name = None
+    return f"{name} ({vm['pool_id']})" if name else str(vm["pool_id"])
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     store = Store(args.db)
     try:
@@ -108,6 +128,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("deadline", _when(vm["deadline"])),
         ("ended", _when(vm["ended"])),
         ("sched message", vm["sched_message"] or "-"),
+        ("pool", _pool_name(vm)),
+        ("drain", f"requested {_when(vm['drain_requested'])}" if vm["drain_requested"] else "-"),
+        ("exit", _exit_text(vm)),
     ]
     width = max(len(k) for k, _ in fields)
     for k, v in fields:

@@ -17,9 +17,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event, insert, select
+from sqlalchemy import Connection, Engine, Select, create_engine, event, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+from sqlalchemy.schema import CreateColumn
 
 from . import schema
 from .schema import metadata
@@ -125,10 +126,31 @@ class Store:
                         key="schema_version", value=str(schema.SCHEMA_VERSION)
                     )
                 )
+            elif int(have) < schema.SCHEMA_VERSION and int(have) + 1 in schema.MIGRATIONS:
+                self._migrate(conn, int(have))
             elif int(have) != schema.SCHEMA_VERSION:
                 raise RuntimeError(
                     f"database schema version {have}, this lxcloud expects {schema.SCHEMA_VERSION}"
                 )
+
+    def _migrate(self, conn: Connection, have: int) -> None:
+        """Bring a database of schema version ``have`` to the current one (schema.MIGRATIONS)."""
+        for version in range(have + 1, schema.SCHEMA_VERSION + 1):
+            if version not in schema.MIGRATIONS:
+                raise RuntimeError(f"no migration from schema version {version - 1} to {version}")
+            tables = []
+            for table, column in schema.MIGRATIONS[version]:
+                col = metadata.tables[table].c[column]
+                ddl = CreateColumn(col).compile(dialect=self.engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {ddl}")
+                tables.append(metadata.tables[table])
+            for idx in {i for t in tables for i in t.indexes}:
+                idx.create(conn, checkfirst=True)  # indexes added to existing tables
+        conn.execute(
+            update(schema.meta)
+            .where(schema.meta.c.key == "schema_version")
+            .values(value=str(schema.SCHEMA_VERSION))
+        )
 
     def drop_schema(self) -> None:
         """Drop every lxcloud table (tests and `db init --force`)."""

@@ -30,7 +30,10 @@ metadata = MetaData()
 #: Long text: TEXT on SQLite, MEDIUMTEXT (16 MiB) on MySQL where TEXT stops at 64 KiB.
 LongText = Text().with_variant(MEDIUMTEXT(), "mysql")
 
-SCHEMA_VERSION = 1
+#: Bumped on every change to the tables; a database of another version is refused by
+#: :meth:`lxcloud_py.store.Store.create_schema` (version 2: pool policy columns, VM exit
+#: reasons and drain requests).
+SCHEMA_VERSION = 2
 
 meta = Table(
     "lxcloud_meta",
@@ -108,6 +111,20 @@ pools = Table(
     Column("lifetime", Integer, nullable=True),  # seconds
     Column("enabled", Boolean, nullable=False, default=True),
     Column("created", Double, nullable=False),
+    # policy (see lxcloud_py/pools.py and docs/pools.md)
+    Column(
+        "priority", Integer, nullable=False, default=0, server_default="0"
+    ),  # higher refills first
+    Column("hosts", String(1024), nullable=True),  # comma-separated host names, NULL = any
+    Column(
+        "drain", String(8), nullable=False, default="graceful", server_default="graceful"
+    ),  # graceful | hard
+    Column("backoff_base", Integer, nullable=False, default=60, server_default="60"),  # seconds
+    Column("backoff_max", Integer, nullable=False, default=3600, server_default="3600"),  # seconds
+    Column("updated", Double, nullable=True),
+    # backoff state, written by the pool manager only
+    Column("backoff_level", Integer, nullable=False, default=0, server_default="0"),
+    Column("backoff_until", Double, nullable=True),
 )
 
 vms = Table(
@@ -133,7 +150,13 @@ vms = Table(
     Column("ended", Double, nullable=True),
     Column("sched_message", String(512), nullable=True),
     Column("token_hash", String(128), nullable=True),
+    # Vac-style exit reason the VM gave through its own token (lxcloud.vm.exit)
+    Column("exit_code", Integer, nullable=True),
+    Column("exit_message", String(512), nullable=True),
+    Column("exit_time", Double, nullable=True),
+    Column("drain_requested", Double, nullable=True),  # the pool manager asked it to end
     Index("ix_vms_state", "state"),
+    Index("ix_vms_pool", "pool_id"),
     Index("ix_vms_host", "host_id"),
 )
 
@@ -151,6 +174,28 @@ leases = Table(
     Column("updated", Double, nullable=False),
     Index("ix_leases_host_state", "host", "state"),
 )
+
+#: Columns each schema version added to existing tables: ``Store.create_schema`` adds them
+#: (``ALTER TABLE ... ADD COLUMN``; NOT NULL ones carry a server default) to a database of an
+#: older version. New tables need no entry: ``create_all`` makes them.
+MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
+    2: (
+        *(
+            ("pools", c)
+            for c in (
+                "priority",
+                "hosts",
+                "drain",
+                "backoff_base",
+                "backoff_max",
+                "updated",
+                "backoff_level",
+                "backoff_until",
+            )
+        ),
+        *(("vms", c) for c in ("exit_code", "exit_message", "exit_time", "drain_requested")),
+    ),
+}
 
 history = Table(
     "history",
@@ -194,4 +239,22 @@ host_templates = Table(
     Column("host_id", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
     Column("template", LongText, nullable=False),
     Column("updated", Double, nullable=False),
+)
+
+#: What the daemon's stages decided (placed, deployed, refilled, drained, backed off, ...), one
+#: row per decision, for `lxcloud status`; names, not foreign keys, so it outlives what it names.
+#: The monitor stage prunes it to the newest ``daemon.decisions_kept`` rows.
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Double, nullable=False),
+    Column("stage", String(16), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("ok", Boolean, nullable=False, default=True),
+    Column("vm_id", Integer, nullable=True),
+    Column("host", String(64), nullable=True),
+    Column("pool", String(64), nullable=True),
+    Column("message", String(1024), nullable=True),
+    Index("ix_decisions_ts", "ts"),
 )

@@ -724,3 +724,88 @@ def test_concurrent_handlers_are_bounded(api: Api, monkeypatch: pytest.MonkeyPat
         thread.join(10)
     assert replies == [[True, 7, 0]] * 6
     assert peak[0] == 2
+
+
+# -- exit reasons and pools ---------------------------------------------------------------------
+def test_vm_exit_through_its_own_token(api: Api) -> None:
+    hid = register_host(api)
+    add_leases(api.store, "hv1", 2)
+    a = api.call("one.vm.allocate", TEMPLATE)
+    b = api.call("one.vm.allocate", TEMPLATE)
+    make_running(api.store, a, hid)
+    make_running(api.store, b, hid)
+    me = f"vm-{a}:{api.call('lxcloud.vm.token', a)}"
+    assert api.fail("lxcloud.vm.exit", b, 100, "not mine", session=me)[0] == AUTHORIZATION
+    code, message, _ = api.fail("lxcloud.vm.exit", a, 250, "odd", session=me)
+    assert code == XML_RPC_API and "exit code must be one of 100, 200" in message
+    assert api.fail("lxcloud.vm.exit", a, "300", "", session=me)[0] == XML_RPC_API
+    assert api.call("lxcloud.vm.exit", a, 300, "no more work in the queue", session=me) == a
+    doc = vm_xml(api, a, session=me)
+    assert doc.findtext("LCM_STATE") == str(int(LCMState.SHUTDOWN))
+    assert doc.findtext("USER_TEMPLATE/LXCLOUD_EXIT_CODE") == "300"
+    assert doc.findtext("USER_TEMPLATE/LXCLOUD_EXIT_MESSAGE") == "no more work in the queue"
+    assert int(doc.findtext("USER_TEMPLATE/LXCLOUD_EXIT_TIME") or 0) > 0
+    # a lost reply retried: accepted, the first code stays
+    assert api.call("lxcloud.vm.exit", a, 200, "again", session=me) == a
+    assert vm_xml(api, a).findtext("USER_TEMPLATE/LXCLOUD_EXIT_CODE") == "300"
+    assert vm_xml(api, b).find("USER_TEMPLATE/LXCLOUD_EXIT_CODE") is None
+    assert api.fail("lxcloud.vm.exit", 999, 100, "")[0] == NO_EXISTS
+
+
+POOL = {"name": "batch", "image": "golden", "cpu": 0.5, "memory": 128, "target": 2,
+        "lifetime": 600, "hosts": ["hv1"]}
+
+
+def test_pool_allocate_info_update_delete(api: Api) -> None:
+    from lxcloud_py.pools import PoolManager
+
+    pid = api.call("lxcloud.pool.allocate", POOL)
+    code, message, _ = api.fail("lxcloud.pool.allocate", POOL)
+    assert code == ALLOCATE and "exists" in message
+    code, message, _ = api.fail("lxcloud.pool.allocate", {"name": "x", "image": "g", "size": 1})
+    assert code == ALLOCATE and "unknown pool field(s): size" in message
+    doc = ET.fromstring(api.call("lxcloud.pool.info", "batch"))
+    assert doc.tag == "POOL" and doc.findtext("ID") == str(pid)
+    assert (doc.findtext("TARGET"), doc.findtext("LIFETIME")) == ("2", "600")
+    assert [h.text for h in doc.findall("HOSTS/HOST")] == ["hv1"]
+    assert doc.findtext("TEMPLATE/DISK/IMAGE") == "golden"
+    assert doc.findtext("TEMPLATE/CPU") == "0.5"
+    assert ET.fromstring(api.call("lxcloud.pool.info", pid)).findtext("NAME") == "batch"
+    assert api.fail("lxcloud.pool.info", "nope")[0] == NO_EXISTS
+    assert api.fail("lxcloud.pool.info", 1.5)[0] == XML_RPC_API
+    # merge update: only the target changes; the decision shows in info
+    assert api.call("lxcloud.pool.update", "batch", {"target": 1}) == pid
+    doc = ET.fromstring(api.call("lxcloud.pool.info", "batch"))
+    assert (doc.findtext("TARGET"), doc.findtext("LIFETIME")) == ("1", "600")
+    PoolManager(api.store).cycle()
+    doc = ET.fromstring(api.call("lxcloud.pool.info", "batch"))
+    assert doc.findtext("ACTIVE") == "1" and doc.findtext("PENDING") == "1"
+    assert doc.findtext("DECISIONS/DECISION/ACTION") == "refill"
+    # a VM of the pool shows it in its USER_TEMPLATE
+    vm_id = int(ET.fromstring(api.call("one.vmpool.info", -2, -1, -1, -1)).findtext("VM/ID"))
+    assert vm_xml(api, vm_id).findtext("USER_TEMPLATE/POOL") == "batch"
+    # replace update: fields not given take defaults
+    api.call("lxcloud.pool.update", "batch", {"template": TEMPLATE.replace('NAME = "worker"', "")
+                                             .replace("LIFETIME = 3600", "")}, False)
+    doc = ET.fromstring(api.call("lxcloud.pool.info", "batch"))
+    assert (doc.findtext("TARGET"), doc.findtext("LIFETIME")) == ("0", "0")
+    assert api.fail("lxcloud.pool.update", "batch", {"name": "other"})[0] == XML_RPC_API
+    assert api.fail("lxcloud.pool.update", "batch", {"target": -1})[0] == XML_RPC_API
+    pools_doc = ET.fromstring(api.call("lxcloud.poolpool.info"))
+    assert [p.findtext("NAME") for p in pools_doc.findall("POOL")] == ["batch"]
+    assert api.fail("lxcloud.pool.delete", "batch")[0] == ACTION  # a live VM
+    assert api.call("lxcloud.pool.delete", "batch", True) == pid
+    assert api.fail("lxcloud.pool.delete", "batch")[0] == NO_EXISTS
+
+
+def test_pool_methods_are_admin_only(api: Api) -> None:
+    vm_id, token = vms.allocate(api.store, TEMPLATE, users.user_id(api.store))
+    me = f"vm-{vm_id}:{token}"
+    for method, args in (
+        ("lxcloud.pool.allocate", (POOL,)),
+        ("lxcloud.pool.info", ("batch",)),
+        ("lxcloud.pool.update", ("batch", {"target": 3})),
+        ("lxcloud.pool.delete", ("batch",)),
+        ("lxcloud.poolpool.info", ()),
+    ):
+        assert api.fail(method, *args, session=me)[0] == AUTHORIZATION, method

@@ -313,3 +313,83 @@ def test_no_context_anywhere_is_a_clear_error(
     monkeypatch.setattr(cb, "DEFAULT_CONTEXT_PATHS", (str(tmp_path / "nowhere.sh"),))
     with pytest.raises(cb.ContextError, match=r"no context\.sh found .*nowhere\.sh"):
         cb.find_context(None, device=str(tmp_path / "no-such-device"))
+
+
+# -- exit codes (lxcloud.vm.exit), Vac shutdown messages, drain requests ------------------------
+class ExitAPI(API):
+    """Also serves lxcloud.vm.exit and one.vm.info (with LXCLOUD_DRAIN when ``drain``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exits: list[tuple[object, ...]] = []
+        self.drain = False
+        self.server.register_function(self._exit, "lxcloud.vm.exit")
+        self.server.register_function(self._info, "one.vm.info")
+
+    def _exit(self, session: str, vm_id: int, code: int, message: str) -> object:
+        self.exits.append((session, vm_id, code, message))
+        return [True, vm_id, 0]
+
+    def _info(self, session: str, vm_id: int) -> object:
+        extra = "<LXCLOUD_DRAIN>YES</LXCLOUD_DRAIN>" if self.drain else ""
+        return [True, f"<VM><ID>{vm_id}</ID><USER_TEMPLATE>{extra}</USER_TEMPLATE></VM>", 0]
+
+
+@pytest.fixture
+def xapi() -> Iterator[ExitAPI]:
+    a = ExitAPI()
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def xrun(env, xapi: ExitAPI):
+    """``env`` against ExitAPI; the context may add VM_EXIT_CODE/VM_EXIT_MESSAGE."""
+
+    def run(up: float, *extra: str, **ctx_values: str) -> int:
+        values = {"VMID": "17", "LIFETIME": "100", "LXCLOUD_TOKEN": "tok",
+                  "LXCLOUD_API": xapi.url, **ctx_values}
+        ctx = _write_context(env.tmp / "x.sh", **values)
+        msg = ["--shutdown-message-file", str(env.tmp / "shutdown_message")]
+        return env(up, *msg, *extra, context=ctx)
+
+    run.tmp = env.tmp  # type: ignore[attr-defined]
+    return run
+
+
+def test_lifetime_exit_sends_100_by_default(xrun, xapi: ExitAPI) -> None:
+    assert xrun(99.0) == cb.EXIT_NOT_DUE and xapi.exits == []
+    assert xrun(100.0) == cb.EXIT_TERMINATED
+    assert xapi.exits == [("vm-17:tok", 17, 100, "lifetime reached")]
+    assert xapi.calls == []  # no fallback to one.vm.action
+
+
+def test_context_chooses_the_lifetime_exit_code(xrun, xapi: ExitAPI) -> None:
+    assert xrun(100.0, VM_EXIT_CODE="300", VM_EXIT_MESSAGE="queue empty") == cb.EXIT_TERMINATED
+    assert xapi.exits == [("vm-17:tok", 17, 300, "queue empty")]
+
+
+@pytest.mark.parametrize("bad", ["301", "1000", "abc", ""])
+def test_bad_exit_code_in_context_is_a_usage_error(xrun, xapi: ExitAPI, bad: str) -> None:
+    assert xrun(100.0, VM_EXIT_CODE=bad) == cb.EXIT_USAGE
+    assert xapi.exits == []
+
+
+def test_vac_shutdown_message_ends_the_vm_before_its_lifetime(xrun, xapi: ExitAPI) -> None:
+    msg = xrun.tmp / "shutdown_message"
+    msg.write_text("999 not a code\n")
+    assert xrun(5.0) == cb.EXIT_NOT_DUE  # ignored, with a warning
+    msg.write_text("300 No more work from the task queue\n")
+    assert xrun(5.0) == cb.EXIT_TERMINATED
+    assert xapi.exits == [("vm-17:tok", 17, 300, "No more work from the task queue")]
+
+
+def test_drain_request_ends_the_vm_with_100(xrun, xapi: ExitAPI) -> None:
+    assert xrun(5.0) == cb.EXIT_NOT_DUE
+    xapi.drain = True
+    assert xrun(5.0, "--no-drain-check") == cb.EXIT_NOT_DUE
+    (xrun.tmp / "busy").touch()
+    assert xrun(5.0) == cb.EXIT_NOT_DRAINED  # still working: wait
+    (xrun.tmp / "busy").unlink()
+    assert xrun(5.0) == cb.EXIT_TERMINATED
+    assert xapi.exits == [("vm-17:tok", 17, 100, "drain requested")]

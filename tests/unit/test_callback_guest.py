@@ -234,3 +234,77 @@ def test_loop_waits(tmp_path: Path, bbpath: str, api: API, case: str) -> None:
     assert "LXCLOUD-CALLBACK armed vmid=7 lifetime=5 interval=1 policy=nobusy" in out
     assert api.calls == []
     assert not (root / "poweroff-called").exists()
+
+
+# -- exit codes (lxcloud.vm.exit), Vac shutdown messages, drain requests ------------------------
+class ExitAPI(API):
+    def __init__(self) -> None:
+        super().__init__([[True, 7, 0]])
+        self.exits: list[tuple[object, ...]] = []
+        self.drain = False
+        self.server.register_function(self._exit, "lxcloud.vm.exit")
+        self.server.register_function(self._info, "one.vm.info")
+
+    def _exit(self, session: str, vm_id: int, code: int, message: str) -> list[object]:
+        self.exits.append((session, vm_id, code, message))
+        return [True, vm_id, 0]
+
+    def _info(self, session: str, vm_id: int) -> list[object]:
+        extra = "<LXCLOUD_DRAIN>YES</LXCLOUD_DRAIN>" if self.drain else ""
+        return [True, f"<VM><ID>{vm_id}</ID><USER_TEMPLATE>{extra}</USER_TEMPLATE></VM>", 0]
+
+
+@pytest.fixture
+def xapi() -> Iterator[ExitAPI]:
+    a = ExitAPI()
+    yield a
+    a.close()
+
+
+def add_context(root: Path, text: str) -> None:
+    ctx = root / "run/lxcloud/context.sh"
+    ctx.write_text(ctx.read_text() + text)
+
+
+def test_loop_exits_with_100_at_lifetime(tmp_path: Path, bbpath: str, xapi: ExitAPI) -> None:
+    root = guest_root(tmp_path, xapi.port)
+    rc, out = run_loop(root, bbpath)
+    assert rc == 0, out
+    assert xapi.exits == [("vm-7:t0k-EN_x", 7, 100, "lifetime reached")]
+    assert xapi.calls == []  # no fallback needed
+    assert "exit=100 (lifetime reached)" in out and (root / "poweroff-called").exists()
+
+
+def test_loop_exit_code_from_context(tmp_path: Path, bbpath: str, xapi: ExitAPI) -> None:
+    root = guest_root(tmp_path, xapi.port)
+    add_context(root, "VM_EXIT_CODE='300'\nVM_EXIT_MESSAGE='no <work> & no queue'\n")
+    rc, out = run_loop(root, bbpath)
+    assert rc == 0, out
+    assert xapi.exits == [("vm-7:t0k-EN_x", 7, 300, "no <work> & no queue")]
+
+
+def test_loop_bad_exit_code_falls_back_to_100(tmp_path: Path, bbpath: str, xapi: ExitAPI) -> None:
+    root = guest_root(tmp_path, xapi.port)
+    add_context(root, "VM_EXIT_CODE='301'\n")
+    rc, out = run_loop(root, bbpath)
+    assert rc == 0, out
+    assert "VM_EXIT_CODE is not a Vac code" in out and xapi.exits[0][2] == 100
+
+
+def test_loop_vac_shutdown_message(tmp_path: Path, bbpath: str, xapi: ExitAPI) -> None:
+    root = guest_root(tmp_path, xapi.port, uptime="1.0 1.0", lifetime="1000")
+    (root / "var/spool/joboutputs").mkdir(parents=True)
+    (root / "var/spool/joboutputs/shutdown_message").write_text("200 Success: 3 jobs done\n")
+    rc, out = run_loop(root, bbpath)
+    assert rc == 0, out
+    assert xapi.exits == [("vm-7:t0k-EN_x", 7, 200, "Success: 3 jobs done")]
+
+
+def test_loop_drain_request(tmp_path: Path, bbpath: str, xapi: ExitAPI) -> None:
+    root = guest_root(tmp_path, xapi.port, uptime="1.0 1.0", lifetime="1000")
+    rc, out = run_loop(root, bbpath, wait=1.3)
+    assert rc is None and xapi.exits == []  # not due, not draining
+    xapi.drain = True
+    rc, out = run_loop(root, bbpath)
+    assert rc == 0, out
+    assert xapi.exits == [("vm-7:t0k-EN_x", 7, 100, "drain requested")]
