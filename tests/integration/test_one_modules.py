@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import xmlrpc.client
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from lxcloud_py.api.launcher import ServeProcess
+from lxcloud_py.model import LCMState, VMState
 
 pytestmark = pytest.mark.slow
 
@@ -84,70 +85,86 @@ class Served:
         return thread
 
     def playbook(self, tasks: list[dict[str, Any]], name: str) -> dict[str, Any]:
-        """Run ``tasks`` on localhost; the results of the tasks, by task name."""
-        play = [
-            {
-                "name": name,
-                "hosts": "localhost",
-                "connection": "local",
-                "gather_facts": False,
-                "module_defaults": {
-                    f"community.general.{m}": {
-                        "api_url": self.url,
-                        "api_username": "oneadmin",
-                        "api_password": PW,
-                    }
-                    for m in ("one_host", "one_template", "one_vm")
-                },
-                "tasks": tasks,
-            }
-        ]
-        path = self.tmp / f"{name}.yml"
-        path.write_text(yaml.safe_dump(play, sort_keys=False))
-        done = subprocess.run(
-            [
-                str(BIN / "ansible-playbook"), "-i", "localhost,", str(path),
-                "-e", f"ansible_python_interpreter={sys.executable}",
-            ],
-            env=dict(self.env, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-                     ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0"),
-            cwd=self.tmp, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        try:
-            report = json.loads(done.stdout)
-        except ValueError:
-            pytest.fail(f"ansible-playbook: {done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        results = {t["task"]["name"]: t["hosts"]["localhost"] for t in report["plays"][0]["tasks"]}
-        failed = {k: v.get("msg") for k, v in results.items() if v.get("failed")}
-        assert done.returncode == 0 and not failed, (failed, done.stderr[-2000:])
-        return results
+        return run_playbook(self.tmp, self.url, PW, tasks, name, self.env)
 
     def inventory(self) -> dict[str, Any]:
-        """``ansible-inventory --list`` through community.general.opennebula."""
-        conf = self.tmp / "opennebula.yml"
-        conf.write_text(
-            yaml.safe_dump(
-                {
-                    "plugin": "community.general.opennebula",
-                    "api_url": self.url,
-                    "api_username": "oneadmin",
-                    "api_password": PW,
-                    "hostname": "v4_first_ip",
-                    "group_by_labels": True,
-                }
-            )
-        )
-        done = subprocess.run(
-            [str(BIN / "ansible-inventory"), "-i", str(conf), "--list"],
-            env=self.env, cwd=self.tmp, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        # a plugin that fails is only a warning for ansible-inventory (which then lists nothing)
-        assert "parse" not in done.stderr, done.stderr
-        return dict(json.loads(done.stdout, object_hook=_plain))
+        return list_inventory(self.tmp, self.url, PW, self.env)
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def run_playbook(
+    work: Path,
+    url: str,
+    password: str,
+    tasks: list[dict[str, Any]],
+    name: str,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """Run ``tasks`` on localhost with the one_* modules pointed at ``url``; the tasks'
+    results by task name (every task must succeed)."""
+    play = [
+        {
+            "name": name,
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "module_defaults": {
+                f"community.general.{m}": {
+                    "api_url": url,
+                    "api_username": "oneadmin",
+                    "api_password": password,
+                }
+                for m in ("one_host", "one_template", "one_vm")
+            },
+            "tasks": tasks,
+        }
+    ]
+    path = work / f"{name}.yml"
+    path.write_text(yaml.safe_dump(play, sort_keys=False))
+    done = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"), "-i", "localhost,", str(path),
+            "-e", f"ansible_python_interpreter={sys.executable}",
+        ],
+        env=dict(env, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json", ANSIBLE_NOCOLOR="1",
+                 ANSIBLE_RETRY_FILES_ENABLED="0"),
+        cwd=work, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        pytest.fail(f"ansible-playbook: {done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    results = {t["task"]["name"]: t["hosts"]["localhost"] for t in report["plays"][0]["tasks"]}
+    failed = {k: v.get("msg") for k, v in results.items() if v.get("failed")}
+    assert done.returncode == 0 and not failed, (failed, done.stderr[-2000:])
+    return results
+
+
+def list_inventory(work: Path, url: str, password: str, env: dict[str, str]) -> dict[str, Any]:
+    """``ansible-inventory --list`` through community.general.opennebula."""
+    conf = work / "opennebula.yml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "plugin": "community.general.opennebula",
+                "api_url": url,
+                "api_username": "oneadmin",
+                "api_password": password,
+                "hostname": "v4_first_ip",
+                "group_by_labels": True,
+            }
+        )
+    )
+    done = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", str(conf), "--list"],
+        env=env, cwd=work, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # a plugin that fails is only a warning for ansible-inventory (which then lists nothing)
+    assert "parse" not in done.stderr, done.stderr
+    return dict(json.loads(done.stdout, object_hook=_plain))
 
 
 def _plain(obj: dict[str, Any]) -> Any:
@@ -232,25 +249,85 @@ def test_modules_and_inventory(served: Served) -> None:
     assert sorted(inv["farm"]["hosts"]) == ["worker-00", "worker-01"]
 
 
-def _daemon_ready() -> str | None:
-    """Why the end-to-end test cannot run, or None."""
-    help_text = subprocess.run(
-        [str(BIN / "lxcloud"), "serve", "--help"], capture_output=True, text=True, timeout=60
-    ).stdout
-    if "--inventory" not in help_text and "executor" not in help_text:
-        return "`lxcloud serve` does not run the scheduler and executor stages yet (h/daemon)"
-    if os.geteuid() != 0:
-        return "the testbed needs root"
-    return None
+E2E_TEMPLATE = {
+    "community.general.one_template": {
+        "name": "e2e",
+        "template": 'CPU = "0.25"\nVCPU = "1"\nMEMORY = "192"\nDISK = [ IMAGE = "{image}" ]\n'
+        'LIFETIME = "3600"\n',
+    }
+}
 
 
 @pytest.mark.testbed
 @pytest.mark.libvirt
-def test_one_vm_lifecycle_on_testbed(tmp_path: Path) -> None:
-    """one_vm with wait brings two VMs up on testbed hosts; exact_count 3 + count_labels
-    converges to three; state absent terminates them; the inventory lists them with IPs.
-    Run under the heavy lock with the caller's LXCLOUD_TESTBED_* names."""
-    reason = _daemon_ready()
-    if reason:
-        pytest.skip(reason)
-    pytest.skip("waits on the daemon branch: the serve options to point it at a testbed")
+def test_one_vm_lifecycle_on_testbed(testbed_factory: Callable[[int], Any], tmp_path: Path) -> None:
+    """The full end to end on 2 testbed hosts with ``lxcloud serve`` running the scheduler and
+    executor stages: one_vm with ``wait`` brings two VMs up (RUNNING, with their leases' IPs),
+    ``exact_count: 3`` + ``count_labels`` converges to three (and again: no change), the
+    inventory plugin lists the three with their IPs, ``state: absent`` terminates them (DONE:
+    domains and disks gone, leases free)."""
+    from test_daemon import Daemon, assert_accounted_for, files_on, vm_states
+    from test_farm import HOSTS, IMAGE, NET, farm_on_testbed, prepare
+
+    leases = [
+        (f"{NET}.{60 + 10 * h + i}", f"52:54:00:d5:6{h}:{i:02x}", f"one{h}{i}.e2e.test", host)
+        for h, host in enumerate(HOSTS)
+        for i in range(2)
+    ]
+    vm_ids = [1, 2, 3, 4]
+    with farm_on_testbed(testbed_factory(len(HOSTS)), tmp_path, vm_ids) as farm:
+        prepare(farm, leases, HOSTS)
+        farm.server.stop()  # the daemon serves the API from here on, on the same address
+        daemon = Daemon(farm, "daemon", "api,monitor,scheduler,executor").start()
+        env = dict(os.environ)
+        try:
+            tpl = {"community.general.one_template": {
+                **E2E_TEMPLATE["community.general.one_template"],
+                "template": E2E_TEMPLATE["community.general.one_template"]["template"].format(
+                    image=IMAGE),
+            }}  # fmt: skip
+            vm = {"template_name": "e2e", "labels": ["e2e"], "wait": True, "wait_timeout": 300}
+            t0 = time.monotonic()
+            r = run_playbook(farm.work, farm.url, farm.password, [
+                {"name": "template", **tpl},
+                {"name": "two", "community.general.one_vm": {**vm, "count": 2}},
+            ], "e2e-up", env)  # fmt: skip
+            up_s = time.monotonic() - t0
+            two = r["two"]["instances"]
+            assert [i["state"] for i in two] == ["ACTIVE", "ACTIVE"], two
+            assert [i["lcm_state"] for i in two] == ["RUNNING", "RUNNING"], two
+            ips = {n["ip"] for i in two for n in i["networks"]}
+            assert len(ips) == 2 and ips <= {ip for ip, *_ in leases}
+
+            exact = {**vm, "exact_count": 3, "count_labels": ["e2e"]}
+            r = run_playbook(farm.work, farm.url, farm.password, [
+                {"name": "three", "community.general.one_vm": exact},
+                {"name": "again", "community.general.one_vm": exact},
+            ], "e2e-exact", env)  # fmt: skip
+            assert r["three"]["changed"] is True and r["again"]["changed"] is False
+            active = (VMState.ACTIVE, LCMState.RUNNING)
+            running = [i for i, s in vm_states(farm).items() if s == active]
+            assert len(running) == 3, vm_states(farm)
+            assert_accounted_for(farm)
+
+            inv = list_inventory(farm.work, farm.url, farm.password, env)
+            hostvars = inv["_meta"]["hostvars"]
+            assert sorted(h["id"] for h in hostvars.values()) == sorted(running)
+            assert {h["ansible_host"] for h in hostvars.values()} <= {ip for ip, *_ in leases}
+            assert {h["host"] for h in hostvars.values()} <= set(HOSTS)
+            assert sorted(inv["e2e"]["hosts"]) == sorted(hostvars)
+
+            t0 = time.monotonic()
+            r = run_playbook(farm.work, farm.url, farm.password, [
+                {"name": "absent", "community.general.one_vm": {
+                    "instance_ids": running, "state": "absent", "wait": True,
+                    "wait_timeout": 300}},
+            ], "e2e-absent", env)  # fmt: skip
+            absent_s = time.monotonic() - t0
+            assert r["absent"]["changed"] is True
+            assert all(s[0] == VMState.DONE for s in vm_states(farm).values())
+            assert all(doms == [] for doms, _files in files_on(farm).values())
+            assert_accounted_for(farm)
+            print(f"\none_vm e2e: 2 VMs up {up_s:.1f} s, 3 terminated {absent_s:.1f} s")
+        finally:
+            daemon.proc.stop()
