@@ -1,13 +1,16 @@
 """OpenNebula's own Ansible content, unchanged, against a served lxcloud (issue 18): the
 ``community.general`` modules ``one_host``, ``one_template``, ``one_vm`` and the
-``community.general.opennebula`` inventory plugin (from the ``ansible`` package), over
-``lxcloud serve`` on a temporary SQLite database.
+``community.general.opennebula`` inventory plugin (from the ``ansible`` package).
 
-``test_modules_and_inventory`` needs only the API: one_vm runs without ``wait`` (the VMs stay
-PENDING until ``lxcloud schedule --once`` places them), which is what the inventory then
-lists. ``test_one_vm_lifecycle_on_testbed`` is the full end to end (VMs brought up on
-testbed hosts with ``wait``, ``exact_count`` + ``count_labels``, ``state: absent``); it needs
-a ``lxcloud serve`` that runs the scheduler and executor stages and skips until it has one.
+``test_modules_and_inventory`` needs only the API (``lxcloud serve`` on a temporary SQLite
+database): one_host allocates a host (which registers, as a hypervisor does at boot) and
+finds it unchanged the second time; one_template creates a template; one_vm with
+``template_name``, ``count: 2`` and labels runs without ``wait`` (the VMs stay PENDING until
+``lxcloud schedule --once`` places them), and the inventory plugin then lists them with IPs.
+
+``test_one_vm_lifecycle_on_testbed`` is the end to end on 2 testbed hosts with the daemon
+(``lxcloud serve`` running the scheduler and executor stages): one_vm with ``wait`` brings VMs
+up, ``exact_count: 3`` + ``count_labels`` converges, ``state: absent`` terminates them.
 """
 
 from __future__ import annotations
