@@ -236,8 +236,8 @@ def host_element(host: dict[str, Any]) -> ET.Element:
             _sub(t, key.upper(), value)
     # What operators set with one.host.update (LABELS ...), over the reported facts.
     for key, value in host.get("template") or ():
-        elem = t.find(key)
-        if elem is not None and elem.tag not in ("IMAGE", "MACS"):
+        elem = t.find(key)  # a reported fact of that name (the generated keys are refused)
+        if elem is not None:
             t.remove(elem)
         vec = _sub(t, key)
         if isinstance(value, dict):
