@@ -190,7 +190,7 @@ def test_vm_update_updateconf_chown_chmod_actions(one: Any, store: Store) -> Non
     one.vm.chown(vm_id, admin, 0)
 
     # actions: what lxcloud does, OpenNebula's other actions refused with ACTION, not a crash
-    for action in ("undeploy", "stop", "suspend", "reboot-hard", "resched"):
+    for action in ("undeploy", "stop", "suspend", "reboot-hard", "resched", "explode"):
         with pytest.raises(pyone.OneActionException, match="not supported"):
             one.vm.action(action, vm_id)
     with pytest.raises(pyone.OneActionException, match="cannot resume"):
