@@ -180,7 +180,7 @@ def update_template(store: Store, template_id: int, text: str, kind: int) -> int
     """Replace (0) or merge into (1) the template's body; a NAME in ``text`` is ignored
     (``one.template.rename`` renames in OpenNebula)."""
     merging = _update_type(kind)
-    _, new = _split_name(text) if not merging else (None, _without_name(parse(text)))
+    new = _without_name(parse(text))
     with store.transaction() as conn:
         row = _owned_row(conn, store, template_id)
         body = merge(parse(row.template), new) if merging else new

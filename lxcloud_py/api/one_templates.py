@@ -9,7 +9,7 @@ from lxcloud_py.users import Principal
 from . import one_documents
 from .errors import ALLOCATE, AUTHORIZATION, ApiFailure
 from .namespaces import Namespace, want_bool, want_int, want_str
-from .one_common import check_owner, pool_owner
+from .one_common import FilteredPool, check_owner
 
 _MAX_TEMPLATE = 256 * 1024
 
@@ -93,23 +93,10 @@ class TemplateNamespace(Namespace):
             raise ApiFailure(ALLOCATE, str(exc), tid) from None
 
 
-class TemplatePoolNamespace(Namespace):
+class TemplatePoolNamespace(FilteredPool):
     NAME = "one.templatepool"
-    METHODS = ("info",)
 
-    def info(
-        self,
-        who: Principal,
-        filter_flag: object,
-        start_id: object = -1,
-        end_id: object = -1,
-        _unused: object = -1,
-    ) -> str:
-        """(filter, start_id, end_id); a 4th argument some clients send (community.general's
-        one_vm) is accepted and ignored."""
-        owner = pool_owner(who, filter_flag)
-        start = want_int(start_id, "start id")
-        end = want_int(end_id, "end id")
+    def document(self, owner: int | None, start: int, end: int) -> str:
         with self.store.transaction() as conn:
             found = templates.list_templates(conn, owner_id=owner, start_id=start, end_id=end)
         return one_documents.template_pool_document(found)

@@ -17,7 +17,7 @@ from lxcloud_py.users import Principal
 from . import one_documents
 from .errors import ACTION, NO_EXISTS, ApiFailure
 from .namespaces import Namespace, want_bool, want_int
-from .one_common import pool_owner
+from .one_common import FilteredPool, in_range
 
 _IMAGE_WRITES = (
     "allocate", "clone", "delete", "enable", "persistent", "chtype", "update", "chmod", "chown",
@@ -88,26 +88,17 @@ for _name in _IMAGE_WRITES:
     )
 
 
-class ImagePoolNamespace(Namespace):
-    NAME = "one.imagepool"
-    METHODS = ("info",)
+class ImagePoolNamespace(FilteredPool):
+    """The golden images belong to the admin: listed for -2 and for the admin's filters."""
 
-    def info(
-        self,
-        who: Principal,
-        filter_flag: object,
-        start_id: object = -1,
-        end_id: object = -1,
-        _unused: object = -1,
-    ) -> str:
-        """(filter, start_id, end_id); golden images belong to oneadmin (user 0's filter and
-        -2 list them)."""
-        owner = pool_owner(who, filter_flag)
-        start, end = want_int(start_id, "start id"), want_int(end_id, "end id")
+    NAME = "one.imagepool"
+
+    def document(self, owner: int | None, start: int, end: int) -> str:
         with self.store.transaction() as conn:
-            found = _images(conn) if owner in (None, 0, _admin_id(conn)) else []
-        found = [i for i in found if i["id"] >= start and (end < 0 or i["id"] <= end)]
-        return one_documents.image_pool_document(found)
+            found = _images(conn) if owner in (None, _admin_id(conn)) else []
+        return one_documents.image_pool_document(
+            [i for i in found if in_range(i["id"], start, end)]
+        )
 
 
 def _admin_id(conn: Connection) -> int | None:
@@ -137,24 +128,15 @@ for _name in _VN_WRITES:
     )
 
 
-class VnPoolNamespace(Namespace):
-    NAME = "one.vnpool"
-    METHODS = ("info",)
+class VnPoolNamespace(FilteredPool):
+    """The lease network belongs to the admin and is used by everyone: every filter lists it."""
 
-    def info(
-        self,
-        who: Principal,
-        filter_flag: object,
-        start_id: object = -1,
-        end_id: object = -1,
-        _unused: object = -1,
-    ) -> str:
-        pool_owner(who, filter_flag)
-        start, end = want_int(start_id, "start id"), want_int(end_id, "end id")
+    NAME = "one.vnpool"
+
+    def document(self, owner: int | None, start: int, end: int) -> str:
         with self.store.transaction() as conn:
             rows = leases.list_leases(conn)
-        in_range = start <= clusters.VNET_ID and (end < 0 or end >= clusters.VNET_ID)
-        return one_documents.vnet_pool_document(rows, listed=in_range)
+        return one_documents.vnet_pool_document(rows, listed=in_range(clusters.VNET_ID, start, end))
 
 
 class DatastoreNamespace(Namespace):
