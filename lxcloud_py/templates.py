@@ -87,7 +87,7 @@ def _split_name(text: str) -> tuple[str | None, Template]:
     if len(names) > 1:
         raise InvalidInput("NAME given more than once")
     name = check_template_name(names[0]) if names else None
-    body = Template([(k, v) for k, v in tpl if k != "NAME"])
+    body = _without_name(tpl)
     vms.parse_spec(body.to_text())
     return name, body
 
