@@ -145,7 +145,8 @@ def one(conn, backend, golden, disks, i):
     D.start(dom)
     t4 = time.perf_counter()
     t.update(clone=t1 - t0, context=t2 - t1, define=t3 - t2, start=t4 - t3, total=t4 - t0)
-    r = D.ensure(conn, name, None, "absent", storage_dir=disks, remove_console_log=True)
+    gone = D.DomainRequest(name, "absent", storage_dir=disks, remove_console_log=True)
+    r = D.ensure(conn, gone)
     t["teardown"] = time.perf_counter() - t4
     assert r["state"] == "absent"
     leftovers = [f for f in os.listdir(disks) if name in f]

@@ -24,9 +24,8 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lxcloud_py.config import SchedulerConfig
 from lxcloud_py.model import HostState, ImageState, LCMState, VMState
-from lxcloud_py.scheduler import Scheduler, load_hosts, load_requests
+from lxcloud_py.scheduler import Scheduler, SchedulerConfig, load_hosts, load_requests
 from lxcloud_py.store import Store, schema
 
 HOSTS, LEASES = 500, 8000

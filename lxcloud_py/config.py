@@ -3,7 +3,9 @@
 The file comes from ``--config FILE`` or ``$LXCLOUD_CONFIG``; without either, the defaults
 apply. Sections lxcloud knows are validated (a typo is an error naming the key, not a silently
 ignored setting); other top-level sections are kept as plain mappings for the parts of the
-control plane that read them (:meth:`Config.section`).
+control plane that read them (:meth:`Config.section`). The ``scheduler`` section is parsed and
+checked by the scheduler itself (:func:`lxcloud_py.scheduler.settings_from`): this module
+depends on the scheduler, never the other way round.
 
 Example::
 
@@ -22,80 +24,14 @@ Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lxcloud_py.model import InvalidInput
-
-DEFAULT_FILTERS = (
-    "HostStateFilter",
-    "ImageFilter",
-    "LeaseFilter",
-    "CpuFilter",
-    "MemoryFilter",
-    "DispatchLimitFilter",
-)
-DEFAULT_WEIGHERS = ("CapacityWeigher", "FreeLeasesWeigher")
-DEFAULT_MULTIPLIERS = {"CapacityWeigher": 1.0, "FreeLeasesWeigher": 0.1}
-STRATEGIES = ("packing", "striping")
-
-
-@dataclass
-class SchedulerConfig:
-    filters: list[str] = field(default_factory=lambda: list(DEFAULT_FILTERS))
-    weighers: list[str] = field(default_factory=lambda: list(DEFAULT_WEIGHERS))
-    weigher_multipliers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MULTIPLIERS))
-    #: packing fills the fullest host first (keeps whole hosts free); striping spreads.
-    strategy: str = "packing"
-    #: Per-host dispatch limit: VMs in PROLOG/BOOT on one host at once (None = unlimited).
-    #: A host's own ``hosts.max_dispatch`` overrides it.
-    dispatch_limit: int | None = 4
-    cpu_allocation_ratio: float = 1.0
-    memory_allocation_ratio: float = 1.0
-    #: Stop a cycle after this many placements (None = no limit).
-    max_placements_per_cycle: int | None = None
-
-    def validate(self, where: str = "scheduler") -> SchedulerConfig:
-        from lxcloud_py.scheduler import FILTERS, WEIGHERS  # the registries of names
-
-        for name in self.filters:
-            if name not in FILTERS:
-                raise InvalidInput(
-                    f"{where}.filters: unknown filter {name!r} "
-                    f"(known: {', '.join(sorted(FILTERS))})"
-                )
-        for name in self.weighers:
-            if name not in WEIGHERS:
-                raise InvalidInput(
-                    f"{where}.weighers: unknown weigher {name!r} "
-                    f"(known: {', '.join(sorted(WEIGHERS))})"
-                )
-        for name, mult in self.weigher_multipliers.items():
-            if name not in WEIGHERS:
-                raise InvalidInput(f"{where}.weigher_multipliers: unknown weigher {name!r}")
-            if not isinstance(mult, int | float) or isinstance(mult, bool):
-                raise InvalidInput(f"{where}.weigher_multipliers.{name}: not a number: {mult!r}")
-        if self.strategy not in STRATEGIES:
-            raise InvalidInput(
-                f"{where}.strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}"
-            )
-        for key in ("dispatch_limit", "max_placements_per_cycle"):
-            value = getattr(self, key)
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 1
-            ):
-                raise InvalidInput(f"{where}.{key}: must be a positive integer or null: {value!r}")
-        for key in ("cpu_allocation_ratio", "memory_allocation_ratio"):
-            value = getattr(self, key)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise InvalidInput(f"{where}.{key}: must be a positive number: {value!r}")
-        return self
-
-    def multiplier(self, weigher: str) -> float:
-        return float(self.weigher_multipliers.get(weigher, 1.0))
+from lxcloud_py.scheduler import SchedulerConfig, settings_from
 
 
 @dataclass
@@ -112,33 +48,6 @@ class Config:
         if not isinstance(value, dict):
             raise InvalidInput(f"{self.path or 'config'}: section {name!r} must be a mapping")
         return value
-
-
-def _scheduler_from(data: Any, where: str) -> SchedulerConfig:
-    if data is None:
-        return SchedulerConfig().validate(where)
-    if not isinstance(data, dict):
-        raise InvalidInput(f"{where}: must be a mapping")
-    known = {f.name for f in fields(SchedulerConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InvalidInput(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(sorted(known))})"
-        )
-    kwargs = dict(data)
-    for key in ("filters", "weighers"):
-        if key in kwargs and (
-            not isinstance(kwargs[key], list) or not all(isinstance(x, str) for x in kwargs[key])
-        ):
-            raise InvalidInput(f"{where}.{key}: must be a list of names")
-    if "weigher_multipliers" in kwargs:
-        mults = kwargs["weigher_multipliers"]
-        if not isinstance(mults, dict):
-            raise InvalidInput(f"{where}.weigher_multipliers: must be a mapping name: number")
-        # Multipliers not given keep their defaults.
-        kwargs["weigher_multipliers"] = {**DEFAULT_MULTIPLIERS, **mults}
-    return SchedulerConfig(**kwargs).validate(where)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -161,7 +70,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise InvalidInput(f"{p}: the config must be a mapping of sections")
     other = {k: v for k, v in data.items() if k != "scheduler"}
     return Config(
-        scheduler=_scheduler_from(data.get("scheduler"), f"{p}: scheduler"),
+        scheduler=settings_from(data.get("scheduler"), f"{p}: scheduler"),
         path=str(p),
         other=other,
         data=data,
@@ -214,6 +123,16 @@ def _name_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("must be a list of names (comma-separated on a flag or in the env)")
     return list(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
 
 
 def _log_format(value: Any) -> str:
@@ -270,6 +189,10 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between executor passes (deploy PROLOG, destroy SHUTDOWN)"),
     Setting("daemon.pools_interval", "--pools-interval", _positive_number, 10.0,
             "seconds between pool manager cycles (refill, drain, backoff)"),
+    Setting("daemon.pools_file", "--pools-file", _text_or_null, None,
+            "pools YAML (as `lxcloud pool apply` reads) applied at start and on SIGHUP"),
+    Setting("daemon.pools_prune", "--pools-prune", _bool, False,
+            "with pools_file: pools the file does not declare drain and go (apply --prune)"),
     Setting("daemon.shutdown_timeout", "--shutdown-timeout", _positive_number, 300.0,
             "on SIGTERM, seconds to let jobs in flight finish before cancelling them"),
     Setting("daemon.decisions_kept", "--decisions-kept", _positive_int, 10000,
@@ -325,9 +248,8 @@ class Settings:
 
     def scheduler(self) -> SchedulerConfig:
         """The file's scheduler section with the declared keys resolved over it."""
-        from dataclasses import replace
-
-        return replace(self.config.scheduler, **self.section("scheduler")).validate()
+        # The declared keys are checked by their parsers, the rest came checked from the file.
+        return replace(self.config.scheduler, **self.section("scheduler"))
 
     def source_of(self, section: str, name: str) -> str:
         """Where a key of any section came from (declared or not)."""

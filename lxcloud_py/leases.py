@@ -7,278 +7,32 @@ whole file is good. Re-importing an unchanged file changes nothing; a changed fi
 leases and only reports leases in use (a VM holds them); leases missing from the file are
 reported and, with ``prune``, removed when free.
 
-The scheduler binds a VM to a free lease with :func:`claim_lease` (atomic: ``UPDATE ... WHERE
-vm_id IS NULL`` and a rowcount check); :func:`release_lease` frees the lease of a VM that ended.
+The file's format and its validation are :mod:`lxcloud_py.lease_file`; the export (dnsmasq,
+CSV) is :mod:`lxcloud_py.lease_export`. The scheduler binds a VM to a free lease with
+:func:`claim_lease` (atomic: ``UPDATE ... WHERE vm_id IS NULL`` and a rowcount check);
+:func:`release_lease` frees the lease of a VM that ended.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import os
-import re
-import tempfile
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
-    InvalidName,
-    validate_ipv4,
-    validate_mac,
-    validate_name,
-)
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
+from lxcloud_py.lease_file import (
+    DEFAULT_PREFIX,
+    LeaseFileError,
+    LeaseRow,
+    ip_key,
+    line_of,
+    parse_lease_file,
+)
 from lxcloud_py.model import InvalidInput, LeaseState
 from lxcloud_py.store import Store, now, schema
 
-FIELDS = ("ip", "mac", "name", "host")
-_LABEL_RE = re.compile(r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _L = schema.leases
-
-
-# -- validation --------------------------------------------------------------------------------
-def normalise_dns_name(value: str) -> str:
-    """Lower-case DNS name (RFC 1123 labels), trailing dot removed; ValueError if bad."""
-    name = value.strip().lower()
-    if name.endswith("."):
-        name = name[:-1]
-    if not name:
-        raise ValueError("empty")
-    if len(name) > 253:
-        raise ValueError("longer than 253 characters")
-    for label in name.split("."):
-        if not _LABEL_RE.match(label):
-            raise ValueError(
-                f"label {label!r} must be 1-63 letters, digits or '-', "
-                "not starting or ending with '-'"
-            )
-    return name
-
-
-def normalise_mac(value: str) -> str:
-    """Lower-case colon form; ValueError for bad syntax, multicast or all-zero MACs."""
-    try:
-        mac = validate_mac(value)
-    except InvalidName as exc:
-        raise ValueError(exc.reason) from None
-    if mac == "00:00:00:00:00:00":
-        raise ValueError("all-zero MAC address")
-    return mac
-
-
-@dataclass(frozen=True)
-class LeaseRow:
-    ip: str
-    mac: str
-    name: str
-    host: str
-    line: int
-
-    def values(self) -> tuple[str, str, str, str]:
-        return (self.ip, self.mac, self.name, self.host)
-
-
-class LeaseFileError(InvalidInput):
-    """The lease file has bad rows; ``errors`` lists every one as ``FILE:LINE: problem``."""
-
-    def __init__(self, errors: Sequence[str]) -> None:
-        self.errors = list(errors)
-        n = len(self.errors)
-        super().__init__(
-            f"{n} problem{'s' if n != 1 else ''} in the lease file, nothing imported:\n"
-            + "\n".join(self.errors)
-        )
-
-
-def _check_row(
-    fname: str, line: int, raw: dict[str, str | None], errors: list[str]
-) -> LeaseRow | None:
-    """Validate one row's fields (all present); append problems to ``errors``."""
-    bad = len(errors)
-    out: dict[str, str] = {}
-    for key in FIELDS:
-        value = raw.get(key)
-        if value is None or value.strip() == "":
-            errors.append(f"{fname}:{line}: missing field {key!r}")
-            continue
-        value = value.strip()
-        try:
-            if key == "ip":
-                try:
-                    out[key] = validate_ipv4(value)
-                except InvalidName:
-                    raise ValueError("not an IPv4 address") from None
-            elif key == "mac":
-                out[key] = normalise_mac(value)
-            elif key == "name":
-                out[key] = normalise_dns_name(value)
-            else:
-                try:
-                    out[key] = validate_name(value, "host")
-                except InvalidName as exc:
-                    raise ValueError(exc.reason) from None
-        except ValueError as exc:
-            label = {"ip": "IP", "mac": "MAC", "name": "DNS name", "host": "host name"}[key]
-            errors.append(f"{fname}:{line}: bad {label} {value!r}: {exc}")
-    if len(errors) != bad:
-        return None
-    return LeaseRow(out["ip"], out["mac"], out["name"], out["host"], line)
-
-
-def _parse_csv(fname: str, text: str, errors: list[str]) -> list[LeaseRow]:
-    rows: list[LeaseRow] = []
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
-    for cells in reader:
-        line = reader.line_num
-        if not cells or all(not c.strip() for c in cells) or cells[0].lstrip().startswith("#"):
-            continue
-        cells = [c.strip() for c in cells]
-        if header is None:
-            header = [c.lower() for c in cells]
-            missing = [f for f in FIELDS if f not in header]
-            extra = [c for c in header if c not in FIELDS]
-            dups = sorted({c for c in header if header.count(c) > 1})
-            if missing or extra or dups:
-                problems = []
-                if missing:
-                    problems.append("missing column(s) " + ", ".join(map(repr, missing)))
-                if extra:
-                    problems.append("unknown column(s) " + ", ".join(map(repr, extra)))
-                if dups:
-                    problems.append("duplicate column(s) " + ", ".join(map(repr, dups)))
-                errors.append(
-                    f"{fname}:{line}: bad header ({'; '.join(problems)}); "
-                    f"expected {','.join(FIELDS)}"
-                )
-                return []
-            continue
-        if len(cells) < len(header):
-            names = ", ".join(repr(h) for h in header[len(cells) :])
-            errors.append(f"{fname}:{line}: missing field(s) {names}")
-            continue
-        if len(cells) > len(header):
-            extra_cells = ", ".join(repr(c) for c in cells[len(header) :])
-            errors.append(f"{fname}:{line}: extra field(s) {extra_cells}")
-            continue
-        row = _check_row(fname, line, dict(zip(header, cells, strict=True)), errors)
-        if row:
-            rows.append(row)
-    if header is None:
-        errors.append(f"{fname}:1: empty lease file (expected header {','.join(FIELDS)})")
-    return rows
-
-
-def _parse_yaml(fname: str, text: str, errors: list[str]) -> list[LeaseRow]:
-    try:
-        doc = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        errors.append(f"{fname}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}")
-        return []
-    if doc is None:
-        return []
-    if not isinstance(doc, yaml.SequenceNode):
-        errors.append(f"{fname}:{doc.start_mark.line + 1}: expected a list of leases")
-        return []
-    rows: list[LeaseRow] = []
-    for item in doc.value:
-        line = item.start_mark.line + 1
-        if not isinstance(item, yaml.MappingNode):
-            errors.append(f"{fname}:{line}: expected a mapping with keys {', '.join(FIELDS)}")
-            continue
-        raw: dict[str, str | None] = {}
-        bad = False
-        extra: list[str] = []
-        for knode, vnode in item.value:
-            key = str(knode.value).strip().lower() if isinstance(knode, yaml.ScalarNode) else "?"
-            if key not in FIELDS:
-                extra.append(str(knode.value) if isinstance(knode, yaml.ScalarNode) else "?")
-                continue
-            if key in raw:
-                errors.append(f"{fname}:{knode.start_mark.line + 1}: duplicate key {key!r}")
-                bad = True
-                continue
-            if not isinstance(vnode, yaml.ScalarNode):
-                errors.append(
-                    f"{fname}:{vnode.start_mark.line + 1}: field {key!r} must be a plain value"
-                )
-                bad = True
-                continue
-            # The raw scalar text: YAML 1.1 would read 52:54:00:12:34:56 as a sexagesimal int.
-            null = vnode.tag == "tag:yaml.org,2002:null" and vnode.style is None
-            raw[key] = None if null else str(vnode.value)
-        if extra:
-            errors.append(f"{fname}:{line}: extra field(s) {', '.join(map(repr, extra))}")
-            bad = True
-        missing = [f for f in FIELDS if f not in raw]
-        if missing:
-            errors.append(f"{fname}:{line}: missing field(s) {', '.join(map(repr, missing))}")
-            bad = True
-        if bad:
-            continue
-        row = _check_row(fname, line, raw, errors)
-        if row:
-            rows.append(row)
-    return rows
-
-
-def _looks_like_yaml(text: str) -> bool:
-    for line in text.splitlines():
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        return s.startswith(("-", "[", "%YAML"))
-    return False
-
-
-def parse_lease_file(path: str | os.PathLike[str]) -> tuple[list[LeaseRow], list[str]]:
-    """Read and validate the lease file; return (good rows, every problem). Duplicates within
-    the file are problems too (the second and later occurrences)."""
-    fname = str(path)
-    try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise InvalidInput(f"cannot read lease file {fname!r}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{fname}: not UTF-8 text ({exc.reason})") from exc
-    errors: list[str] = []
-    suffix = Path(fname).suffix.lower()
-    if suffix in (".yaml", ".yml") or (suffix != ".csv" and _looks_like_yaml(text)):
-        rows = _parse_yaml(fname, text, errors)
-    else:
-        rows = _parse_csv(fname, text, errors)
-    seen: dict[str, dict[str, int]] = {"ip": {}, "mac": {}, "name": {}}
-    labels = {"ip": "IP", "mac": "MAC", "name": "DNS name"}
-    unique_rows = []
-    for row in rows:
-        dup = False
-        for key, where in seen.items():
-            value = getattr(row, key)
-            if value in where:
-                errors.append(
-                    f"{fname}:{row.line}: duplicate {labels[key]} {value} "
-                    f"(already on line {where[value]})"
-                )
-                dup = True
-            else:
-                where[value] = row.line
-        if not dup:
-            unique_rows.append(row)
-    # Keep errors in line order for the reader.
-    errors.sort(key=_line_of)
-    return unique_rows, errors
-
-
-def _line_of(message: str) -> int:
-    m = re.search(r":(\d+): ", message)
-    return int(m.group(1)) if m else 0
 
 
 # -- import ------------------------------------------------------------------------------------
@@ -293,6 +47,8 @@ class ImportReport:
     #: leases in the DB but not in the file, kept (not pruning, or in use)
     missing: list[dict[str, Any]] = field(default_factory=list)
     pruned: list[dict[str, Any]] = field(default_factory=list)
+    #: rows pinned to a host that has not registered (yet)
+    unknown_hosts: list[LeaseRow] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -325,12 +81,20 @@ def _describe(lease: dict[str, Any]) -> str:
 
 
 def import_leases(
-    store: Store, path: str | os.PathLike[str], *, prune: bool = False, dry_run: bool = False
+    store: Store,
+    path: str | os.PathLike[str],
+    *,
+    prune: bool = False,
+    dry_run: bool = False,
+    strict: bool = False,
+    prefix: int = DEFAULT_PREFIX,
 ) -> ImportReport:
     """Validate the lease file against itself and the database and apply it in one
-    transaction. Raises :class:`LeaseFileError` listing every problem; nothing changes then."""
+    transaction. Raises :class:`LeaseFileError` listing every problem; nothing changes then.
+    Rows pinned to a host that is not registered are reported in ``unknown_hosts`` (the host
+    may register later), or refused with ``strict``."""
     fname = str(path)
-    rows, errors = parse_lease_file(path)
+    rows, errors = parse_lease_file(path, prefix)
     with store.transaction() as conn:
         # Lock the leases (MySQL) so no claim slips between the checks and the writes.
         current = [
@@ -338,6 +102,12 @@ def import_leases(
         ]
         by_ip = {lease["ip"]: lease for lease in current}
         report = ImportReport()
+        known = set(conn.execute(select(schema.hosts.c.name)).scalars())
+        for row in rows:
+            if row.host not in known:
+                report.unknown_hosts.append(row)
+                if strict:
+                    errors.append(f"{fname}:{row.line}: host {row.host} is not registered")
         in_file = {row.ip for row in rows}
         # Final state of every lease: the file's values where they apply, else the current.
         final: dict[str, tuple[str, str]] = {}  # ip -> (mac, name) after the import
@@ -395,7 +165,7 @@ def import_leases(
                         hint = "; it is in use and keeps its values"
                     errors.append(f"{fname}:{row.line}: {label} {value} is held by {desc}{hint}")
         if errors:
-            errors.sort(key=_line_of)
+            errors.sort(key=line_of)
             raise LeaseFileError(errors)
         if dry_run:
             return report
@@ -467,7 +237,7 @@ def list_leases(
     if state is not None:
         stmt = stmt.where(_L.c.state == state)
     rows = [dict(r._mapping) for r in conn.execute(stmt)]
-    rows.sort(key=_ip_key)
+    rows.sort(key=ip_key)
     return rows
 
 
@@ -540,43 +310,3 @@ def release_lease(conn: Connection, vm_id: int) -> int | None:
     return int(lease_id)
 
 
-# -- export ------------------------------------------------------------------------------------
-def _ip_key(lease: dict[str, Any]) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in str(lease["ip"]).split("."))
-    except ValueError:
-        return (1 << 32,)
-
-
-def render_export(leases: Iterable[dict[str, Any]], fmt: str) -> str:
-    ordered = sorted(leases, key=_ip_key)
-    if fmt == "dnsmasq":
-        lines = ["# dnsmasq dhcp-hostsfile written by lxcloud lease export: mac,ip,name"]
-        lines += [f"{x['mac']},{x['ip']},{x['name']}" for x in ordered]
-        return "\n".join(lines) + "\n"
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(FIELDS)
-        for x in ordered:
-            w.writerow([x[f] for f in FIELDS])
-        return buf.getvalue()
-    raise InvalidInput(f"unknown export format {fmt!r} (dnsmasq, csv)")
-
-
-def atomic_write(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename:
-    readers (dnsmasq) see the old file or the new one, never half of one."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -53,6 +53,7 @@ from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
 from sqlalchemy import Connection, and_, case, delete, func, insert, or_, select, update
 
 from lxcloud_py import template, users, vms
+from lxcloud_py.lifecycle import Actor
 from lxcloud_py.model import (
     LIVE_VM_STATES,
     Conflict,
@@ -959,7 +960,8 @@ class PoolManager:
                 log.warning("pool %s: %s not applied: %s", d.pool, d.action, exc)
                 continue
             if applied is not None:
-                log.info("%s", applied.message)
+                # DEBUG: the daemon's pools stage logs each returned decision as its line
+                log.debug("%s", applied.message)
                 done.append(applied)
         return done
 
@@ -1062,7 +1064,8 @@ class PoolManager:
                 .values(drain_requested=vm.drain_requested or self.clock())
             )
             vms.action_in(
-                self.store, conn, vm.id, "terminate-hard" if hard else "terminate", d.message
+                self.store, conn, vm.id, "terminate-hard" if hard else "terminate", d.message,
+                actor=Actor.POOLS,
             )
             Store.record(conn, "pool", row.id, None, "terminate", d.message)
         return d

@@ -58,6 +58,8 @@ ANSIBLE_DEFAULTS: dict[str, str] = {
         "-o StrictHostKeyChecking=no"
     ),
     "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml",
+    # never the `script` plugin (it runs executables it finds with --list)
+    "ANSIBLE_INVENTORY_ENABLED": "ini,yaml,host_list,auto,constructed",
 }
 #: Always set: no colour codes in the output, no retry files next to the playbooks.
 ANSIBLE_ALWAYS: dict[str, str] = {

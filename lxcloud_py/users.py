@@ -17,22 +17,32 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.lxcloud.cloud.plugins.module_utils import wire
 from sqlalchemy import insert, select, update
 
 from lxcloud_py import auth
-from lxcloud_py.model import InvalidInput, LxcloudError, NotFound
+from lxcloud_py.model import InvalidInput, LxcloudError, NotFound, VMState
 from lxcloud_py.store import Store, now, schema
+from lxcloud_py.throttle import LoginThrottle
 
 ADMIN = "oneadmin"
 _U, _V = schema.users, schema.vms
-_VM_USER_RE = re.compile(r"\Avm-([0-9]{1,10})\Z")
 _USER_RE = re.compile(r"\A[A-Za-z0-9_.@-]{1,64}\Z")
 #: A hash to check against when the user does not exist, so that timing does not tell.
 _DUMMY_HASH = auth.hash_password(secrets.token_hex(8))
+_ENDED = (int(VMState.DONE), int(VMState.FAILED))
 
 
 class AuthenticationError(LxcloudError):
     """Bad credentials or a malformed session (OpenNebula AUTHENTICATION, 0x0100)."""
+
+
+class Throttled(AuthenticationError):
+    """Too many failed logins from this address or for this user: refused unchecked."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many failed logins; retry in {retry_after:.0f} s")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -97,8 +107,11 @@ def ensure_admin(
 class Authenticator:
     """Checks session strings against the store; thread-safe."""
 
-    def __init__(self, store: Store, cache_size: int = 64) -> None:
+    def __init__(
+        self, store: Store, cache_size: int = 64, throttle: LoginThrottle | None = None
+    ) -> None:
         self.store = store
+        self.throttle = throttle or LoginThrottle()
         self._key = secrets.token_bytes(32)
         self._cache: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
         self._cache_size = cache_size
@@ -107,28 +120,45 @@ class Authenticator:
     def _mac(self, secret: str) -> bytes:
         return hmac.new(self._key, secret.encode(), hashlib.sha256).digest()
 
-    def authenticate(self, session: object) -> Principal:
-        if not isinstance(session, str) or ":" not in session:
-            raise AuthenticationError("malformed session (expected 'user:secret')")
-        user, secret = session.split(":", 1)
-        if not user or not secret:
-            raise AuthenticationError("malformed session (empty user or secret)")
-        m = _VM_USER_RE.match(user)
-        if m:
-            return self._vm(int(m.group(1)), secret)
+    def authenticate(self, session: object, ip: str | None = None) -> Principal:
+        """The caller of ``session`` from address ``ip``; failures are throttled per address
+        and per user (:mod:`lxcloud_py.throttle`): a throttled call is refused before any
+        password or token is checked."""
+        user = session.split(":", 1)[0][:64] if isinstance(session, str) else None
+        wait = self.throttle.retry_after(ip, user)
+        if wait > 0:
+            raise Throttled(wait)
+        try:
+            who = self._authenticate(session)
+        except AuthenticationError:
+            self.throttle.failed(ip, user)
+            raise
+        self.throttle.succeeded(ip, user)
+        return who
+
+    def _authenticate(self, session: object) -> Principal:
+        try:
+            user, secret = wire.split_session(session)
+        except ValueError as exc:
+            raise AuthenticationError(str(exc)) from None
+        vm_id = wire.vm_id_of_user(user)
+        if vm_id is not None:
+            return self._vm(vm_id, secret)
         if not _USER_RE.match(user):
             raise AuthenticationError("malformed session (bad user name)")
         return self._user(user, secret)
 
     def _vm(self, vm_id: int, token: str) -> Principal:
         with self.store.transaction() as conn:
-            stored = conn.execute(
-                select(_V.c.token_hash).where(_V.c.id == vm_id)
-            ).scalar_one_or_none()
+            row = conn.execute(select(_V.c.token_hash, _V.c.state).where(_V.c.id == vm_id)).first()
+        stored = row.token_hash if row is not None else None
         # verify_token compares in constant time; a missing VM compares against nothing.
         if not auth.verify_token(token, stored):
             raise AuthenticationError("bad VM token")
-        return Principal(name=f"vm-{vm_id}", vm_id=vm_id)
+        assert row is not None
+        if row.state in _ENDED:  # a token dies with its VM
+            raise AuthenticationError(f"VM {vm_id} has ended: its token is no longer valid")
+        return Principal(name=wire.vm_user(vm_id), vm_id=vm_id)
 
     def _user(self, name: str, password: str) -> Principal:
         with self.store.transaction() as conn:

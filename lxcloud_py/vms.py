@@ -2,66 +2,72 @@
 OpenNebula's state rules, callback tokens and pool queries.
 
 A new VM is PENDING (or HOLD) until the scheduler binds it to a lease and a host. Actions
-(``one.vm.action``) follow OpenNebula's rules; a wrong-state action raises :class:`WrongState`
-(the API's ACTION error, 0x0800):
-
-=================  ============================================  ==============================
-action             allowed from                                  result
-=================  ============================================  ==============================
-terminate[-hard]   PENDING, HOLD                                 DONE at once, lease freed
-terminate[-hard]   ACTIVE (any LCM state), POWEROFF              ACTIVE/SHUTDOWN: the executor
-                                                                 destroys domain and clone
-poweroff[-hard]    ACTIVE/RUNNING, ACTIVE/UNKNOWN                ACTIVE/SHUTDOWN_POWEROFF
-resume             POWEROFF                                      ACTIVE/BOOT_POWEROFF
-reboot             ACTIVE/RUNNING                                unchanged, recorded
-hold               PENDING                                       HOLD
-release            HOLD                                          PENDING
-=================  ============================================  ==============================
-
-Repeating ``terminate`` on a VM already in SHUTDOWN, or ``poweroff`` on one already in
-SHUTDOWN_POWEROFF, succeeds without a change (an in-VM callback whose reply was lost retries).
-Every state change is recorded in the history, with the action's name.
+(``one.vm.action``) and the executor's outcomes follow the state machine in
+:mod:`lxcloud_py.lifecycle` (OpenNebula's rules, and who may ask for what); a wrong-state action
+raises :class:`~lxcloud_py.lifecycle.WrongState` (the API's ACTION error, 0x0800). Every state
+change is recorded in the history, with the action's name.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.lxcloud.cloud.plugins.module_utils import wire
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     InvalidName,
     validate_name,
 )
 from sqlalchemy import Connection, insert, select, update
 
-from lxcloud_py import auth, template
+from lxcloud_py import auth, lifecycle, template
 from lxcloud_py.leases import release_lease
-from lxcloud_py.model import Conflict, InvalidInput, LCMState, NotFound, VMState
+from lxcloud_py.lifecycle import Actor, Effect, WrongState  # WrongState: vms.WrongState too
+from lxcloud_py.model import InvalidInput, NotFound, VMState
 from lxcloud_py.store import Store, now, schema
 
 log = logging.getLogger("lxcloud.vms")
 
 _V, _L, _H, _I, _U = schema.vms, schema.leases, schema.hosts, schema.images, schema.users
 
-ACTIONS = (
-    "terminate",
-    "terminate-hard",
-    "poweroff",
-    "poweroff-hard",
-    "resume",
-    "reboot",
-    "hold",
-    "release",
-)
+ACTIONS = wire.VM_ACTIONS
+#: Older OpenNebula names, accepted as the action they became (OpenNebula 5.0 renamed them).
+LEGACY_ACTIONS = {"shutdown": "terminate", "shutdown-hard": "terminate-hard"}
 #: Actions a VM may ask for itself with its callback token.
-SELF_ACTIONS = ("terminate", "terminate-hard", "poweroff", "poweroff-hard")
+SELF_ACTIONS = lifecycle.actions_for(Actor.VM)
 MAX_LIFETIME = 10 * 365 * 86400
+#: Attributes lxcloud sets itself; a client's template may not carry them (top level or CONTEXT).
+MANAGED_KEY = re.compile(r"\A(ETH\d+_\w+|VMID|LXCLOUD_\w+)\Z")
+#: In CONTEXT also NAME and LIFETIME: lxcloud writes them from the VM's own attributes.
+MANAGED_CONTEXT_KEY = re.compile(r"\A(NAME|LIFETIME|ETH\d+_\w+|VMID|LXCLOUD_\w+)\Z")
+_TEMPLATING = re.compile(r"\{\{|\{%|\{#|\}\}|%\}|#\}")
 
 
-class WrongState(Conflict):
-    """The action is not allowed in the VM's current state (OpenNebula ACTION error)."""
+@dataclass(frozen=True)
+class Limits:
+    """Bounds checked at allocate (config section ``limits``, see :func:`configure_limits`)."""
+
+    max_cpu: float = 1024.0
+    max_vcpu: int = 1024
+    max_memory_mb: int = 4 * 1024 * 1024  # 4 TiB
+    max_attributes: int = 1000  # top-level attributes plus every vector's entries
+    max_value_chars: int = 64 * 1024
+
+
+_limits = Limits()
+
+
+def configure_limits(limits: Limits) -> None:
+    """Set the bounds every allocation checks (the daemon calls it with its config)."""
+    global _limits
+    _limits = limits
+
+
+def limits() -> Limits:
+    return _limits
 
 
 @dataclass(frozen=True)
@@ -77,48 +83,79 @@ class Spec:
     template: template.Template
 
 
-def _float(tpl: template.Template, key: str, default: float) -> float:
+def _float(tpl: template.Template, key: str, default: float, maximum: float) -> float:
     raw = tpl.get(key)
     if raw is None:
         return default
+    if not raw.isascii():
+        raise InvalidInput(f"{key} must be written with ASCII digits, got {raw!r}")
     try:
         value = float(raw)
     except ValueError:
         raise InvalidInput(f"{key} must be a number, got {raw!r}") from None
     if not value > 0 or value == float("inf"):
         raise InvalidInput(f"{key} must be greater than 0, got {raw!r}")
+    if value > maximum:
+        raise InvalidInput(f"{key} {raw} is more than the limit {maximum:g}")
     return value
 
 
-def _int(tpl: template.Template, key: str, default: int | None, minimum: int) -> int | None:
+def _int(
+    tpl: template.Template, key: str, default: int | None, minimum: int, maximum: int
+) -> int | None:
     raw = tpl.get(key)
     if raw is None:
         return default
+    if not raw.isascii():
+        raise InvalidInput(f"{key} must be written with ASCII digits, got {raw!r}")
     try:
         value = int(raw, 10)
     except ValueError:
         raise InvalidInput(f"{key} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise InvalidInput(f"{key} must be at least {minimum}, got {raw!r}")
+    if value > maximum:
+        raise InvalidInput(f"{key} {value} is more than the limit {maximum}")
     return value
+
+
+def check_client_template(tpl: template.Template, lim: Limits) -> None:
+    """What a client may not send, whatever the attribute: templating delimiters (values reach
+    playbooks), attributes lxcloud manages, oversized values, too many attributes."""
+    count = 0
+    for key, value in tpl:
+        count += 1 + (len(value) if isinstance(value, dict) else 0)
+        if count > lim.max_attributes:
+            raise InvalidInput(f"the template has more than {lim.max_attributes} attributes")
+        if MANAGED_KEY.match(key):
+            raise InvalidInput(f"{key} is set by lxcloud, not by the template")
+        entries = value.items() if isinstance(value, dict) else [("", value)]
+        for sub, text in entries:
+            name = f"{key}/{sub}" if sub else key
+            if len(text) > lim.max_value_chars:
+                raise InvalidInput(f"{name}: longer than {lim.max_value_chars} characters")
+            if _TEMPLATING.search(text):
+                raise InvalidInput(f"{name}: template delimiters ({{{{ {{% {{#) are not allowed")
+            if key == "CONTEXT" and MANAGED_CONTEXT_KEY.match(sub):
+                raise InvalidInput(f"{name} is set by lxcloud, not by the template")
 
 
 def parse_spec(text: str) -> Spec:
     """Parse and validate a VM template (NAME, CPU, VCPU, MEMORY, DISK/IMAGE, CONTEXT,
     LIFETIME; other attributes are kept as they are)."""
     tpl = template.parse(text)
+    lim = _limits
+    check_client_template(tpl, lim)
     name = tpl.get("NAME")
     if name is not None:
         try:
             validate_name(name, "NAME")
         except InvalidName as exc:
             raise InvalidInput(str(exc)) from None
-    cpu = _float(tpl, "CPU", 1.0)
-    vcpu = _int(tpl, "VCPU", 1, 1) or 1
-    if vcpu > 1024:
-        raise InvalidInput(f"VCPU {vcpu} is more than 1024")
-    memory = _int(tpl, "MEMORY", 512, 1) or 512
-    lifetime = _int(tpl, "LIFETIME", None, 0)
+    cpu = _float(tpl, "CPU", 1.0, lim.max_cpu)
+    vcpu = _int(tpl, "VCPU", 1, 1, lim.max_vcpu) or 1
+    memory = _int(tpl, "MEMORY", 512, 1, lim.max_memory_mb) or 512
+    lifetime = _int(tpl, "LIFETIME", None, 0, 2**62)
     if lifetime is not None and lifetime > MAX_LIFETIME:
         raise InvalidInput(f"LIFETIME {lifetime} is more than ten years")
     images = [d["IMAGE"] for d in tpl.vectors("DISK") if "IMAGE" in d]
@@ -169,14 +206,14 @@ def insert_vm(
     """Insert a VM for a parsed template in the caller's transaction (the one path of
     ``one.vm.allocate`` and of pool refills); returns (id, callback token)."""
     token = auth.new_token()
-    state = VMState.HOLD if hold else VMState.PENDING
+    state, lcm = lifecycle.initial_state(hold)
     res = conn.execute(
         insert(_V).values(
             name=spec.name or "one-new",
             owner_id=owner_id,
             template=spec.template.to_text(),
             state=int(state),
-            lcm_state=int(LCMState.LCM_INIT),
+            lcm_state=int(lcm),
             cpu=spec.cpu,
             vcpu=spec.vcpu,
             memory_mb=spec.memory_mb,
@@ -210,62 +247,39 @@ def issue_token(store: Store, vm_id: int) -> str:
 
 
 # -- actions ------------------------------------------------------------------------------------
-def _state_text(state: int, lcm: int) -> str:
-    s = VMState(state).name
-    if state == VMState.ACTIVE:
-        try:
-            return f"{s}/{LCMState(lcm).name}"
-        except ValueError:
-            return f"{s}/{lcm}"
-    return s
+_state_text = lifecycle.state_text
 
 
-def action(store: Store, vm_id: int, name: str) -> int:
-    """Apply ``one.vm.action`` ``name`` to the VM; returns its id."""
+def action(store: Store, vm_id: int, name: str, actor: Actor = Actor.USER) -> int:
+    """Apply ``one.vm.action`` ``name``, asked by ``actor``, to the VM; returns its id."""
     if name not in ACTIONS:
         raise InvalidInput(f"unknown action {name!r} (known: {', '.join(ACTIONS)})")
+    lifecycle.check_actor(name, actor)
     with store.transaction() as conn:
-        return action_in(store, conn, vm_id, name)
+        return action_in(store, conn, vm_id, name, actor=actor)
 
 
-def action_in(store: Store, conn: Connection, vm_id: int, name: str, why: str = "") -> int:
+def action_in(
+    store: Store,
+    conn: Connection,
+    vm_id: int,
+    name: str,
+    why: str = "",
+    actor: Actor = Actor.USER,
+) -> int:
     """:func:`action` in the caller's transaction (``why`` is added to the history record)."""
     row = conn.execute(store.for_update(select(_V).where(_V.c.id == vm_id))).first()
     if row is None:
         raise NotFound(f"VM {vm_id} does not exist")
-    state, lcm = VMState(row.state), int(row.lcm_state)
-    current = _state_text(state, lcm)
-    new: tuple[VMState, LCMState] | None = None
-    extra: dict[str, Any] = {}
-    free_lease = False
-    if name in ("terminate", "terminate-hard"):
-        if state in (VMState.PENDING, VMState.HOLD):
-            new = (VMState.DONE, LCMState.LCM_INIT)
-            extra["ended"] = now()
-            free_lease = True
-        elif state == VMState.ACTIVE and lcm == LCMState.SHUTDOWN:
-            return vm_id  # already being terminated
-        elif state in (VMState.ACTIVE, VMState.POWEROFF):
-            new = (VMState.ACTIVE, LCMState.SHUTDOWN)
-    elif name in ("poweroff", "poweroff-hard"):
-        if state == VMState.ACTIVE and lcm == LCMState.SHUTDOWN_POWEROFF:
-            return vm_id
-        if state == VMState.ACTIVE and lcm in (LCMState.RUNNING, LCMState.UNKNOWN):
-            new = (VMState.ACTIVE, LCMState.SHUTDOWN_POWEROFF)
-    elif name == "resume":
-        if state == VMState.POWEROFF:
-            new = (VMState.ACTIVE, LCMState.BOOT_POWEROFF)
-    elif name == "reboot":
-        if state == VMState.ACTIVE and lcm == LCMState.RUNNING:
-            Store.record(conn, "vm", vm_id, current, current, "reboot requested")
-            return vm_id
-    elif name == "hold":
-        if state == VMState.PENDING:
-            new = (VMState.HOLD, LCMState.LCM_INIT)
-    elif name == "release" and state == VMState.HOLD:
-        new = (VMState.PENDING, LCMState.LCM_INIT)
-    if new is None:
-        raise WrongState(f"cannot {name} VM {vm_id} in state {current}")
+    current = _state_text(row.state, row.lcm_state)
+    rule = lifecycle.decide(name, actor, row.state, row.lcm_state, vm_id)
+    if rule.effect is Effect.AGAIN:
+        return vm_id  # already there (a callback whose reply was lost retries)
+    if rule.effect is Effect.RECORD:
+        Store.record(conn, "vm", vm_id, current, current, f"{name} requested")
+        return vm_id
+    new = rule.target
+    extra: dict[str, Any] = {"ended": now()} if rule.ends else {}
     res = conn.execute(
         update(_V)
         .where(_V.c.id == vm_id, _V.c.state == row.state, _V.c.lcm_state == row.lcm_state)
@@ -274,7 +288,7 @@ def action_in(store: Store, conn: Connection, vm_id: int, name: str, why: str = 
     if res.rowcount != 1:  # pragma: no cover - the row lock/BEGIN IMMEDIATE prevents it
         raise WrongState(f"VM {vm_id} changed state during {name}; retry")
     Store.record(conn, "vm", vm_id, current, _state_text(*new), f"{name}: {why}" if why else name)
-    if free_lease:
+    if rule.ends:
         release_lease(conn, vm_id)
     log.info("VM %d: %s: %s -> %s", vm_id, name, current, _state_text(*new))
     return vm_id
@@ -326,28 +340,19 @@ def exit_vm(store: Store, vm_id: int, code: int, message: str, hard: bool = Fals
                 .where(_V.c.id == vm_id)
                 .values(exit_code=code, exit_message=message or None, exit_time=now())
             )
-        action_in(store, conn, vm_id, "terminate-hard" if hard else "terminate", why)
+        action_in(store, conn, vm_id, "terminate-hard" if hard else "terminate", why,
+                  actor=Actor.VM)
     log.info("VM %d ended itself: %d %s", vm_id, code, message)
     return vm_id
 
 
 # -- executor transitions -----------------------------------------------------------------------
-#: What the executor may do to a VM: (expected state, new state). Each transition happens only
-#: from its expected state, so a VM an operator terminated while a playbook ran is left alone
-#: (the next executor pass destroys it).
-EXECUTOR_TRANSITIONS: dict[str, tuple[tuple[VMState, LCMState], tuple[VMState, LCMState]]] = {
-    "deployed": ((VMState.ACTIVE, LCMState.PROLOG), (VMState.ACTIVE, LCMState.RUNNING)),
-    "prolog_failure": (
-        (VMState.ACTIVE, LCMState.PROLOG),
-        (VMState.ACTIVE, LCMState.PROLOG_FAILURE),
-    ),
-    "boot_failure": ((VMState.ACTIVE, LCMState.PROLOG), (VMState.ACTIVE, LCMState.BOOT_FAILURE)),
-    "destroyed": ((VMState.ACTIVE, LCMState.SHUTDOWN), (VMState.DONE, LCMState.LCM_INIT)),
-    "epilog_failure": (
-        (VMState.ACTIVE, LCMState.SHUTDOWN),
-        (VMState.ACTIVE, LCMState.EPILOG_FAILURE),
-    ),
-}
+#: What the executor may do to a VM: (expected state, new state), from
+#: :mod:`lxcloud_py.lifecycle`. Each transition happens only from its expected state, so a VM an
+#: operator terminated while a playbook ran is left alone (the next executor pass destroys it).
+EXECUTOR_TRANSITIONS: dict[str, tuple[lifecycle.Full, lifecycle.Full]] = (
+    lifecycle.transitions_of(Actor.EXECUTOR)
+)
 
 
 def executor_transition(store: Store, vm_id: int, name: str, message: str) -> bool:
@@ -364,10 +369,10 @@ def executor_transition(store: Store, vm_id: int, name: str, message: str) -> bo
         if row is None:
             raise NotFound(f"VM {vm_id} does not exist")
         values: dict[str, Any] = dict(state=int(new_s), lcm_state=int(new_l))
-        if name == "deployed":
+        if name == lifecycle.DEPLOYED:
             values.update(started=t, sched_message=None)
             values["deadline"] = t + row.lifetime if row.lifetime else None
-        elif name == "destroyed":
+        elif new_s == VMState.DONE:
             values["ended"] = t
         else:
             values["sched_message"] = f"{new_l.name}: {message}"[:512]
@@ -381,7 +386,7 @@ def executor_transition(store: Store, vm_id: int, name: str, message: str) -> bo
         Store.record(
             conn, "vm", vm_id, _state_text(old_s, old_l), _state_text(new_s, new_l), message
         )
-        if name == "destroyed":
+        if new_s == VMState.DONE:
             release_lease(conn, vm_id)
     log.info("VM %d: %s -> %s", vm_id, _state_text(old_s, old_l), _state_text(new_s, new_l))
     return True

@@ -1,26 +1,37 @@
-"""OpenNebula's XML-RPC error codes and the exception that carries one."""
+"""The exception that carries one of OpenNebula's XML-RPC error codes.
+
+The codes themselves are the wire contract shared with the collection's modules:
+:mod:`ansible_collections.lxcloud.cloud.plugins.module_utils.wire`.
+"""
 
 from __future__ import annotations
 
-SUCCESS = 0x0000
-AUTHENTICATION = 0x0100
-AUTHORIZATION = 0x0200
-NO_EXISTS = 0x0400
-ACTION = 0x0800
-XML_RPC_API = 0x1000
-INTERNAL = 0x2000
-ALLOCATE = 0x4000
+from ansible_collections.lxcloud.cloud.plugins.module_utils.wire import (
+    ACTION,
+    ALLOCATE,
+    AUTHENTICATION,
+    AUTHORIZATION,
+    ERROR_NAMES,
+    INTERNAL,
+    NO_EXISTS,
+    SUCCESS,
+    XML_RPC_API,
+)
 
-NAMES = {
-    SUCCESS: "SUCCESS",
-    AUTHENTICATION: "AUTHENTICATION",
-    AUTHORIZATION: "AUTHORIZATION",
-    NO_EXISTS: "NO_EXISTS",
-    ACTION: "ACTION",
-    XML_RPC_API: "XML_RPC_API",
-    INTERNAL: "INTERNAL",
-    ALLOCATE: "ALLOCATE",
-}
+NAMES = ERROR_NAMES
+
+__all__ = [
+    "ACTION",
+    "ALLOCATE",
+    "AUTHENTICATION",
+    "AUTHORIZATION",
+    "INTERNAL",
+    "NAMES",
+    "NO_EXISTS",
+    "SUCCESS",
+    "XML_RPC_API",
+    "ApiFailure",
+]
 
 
 class ApiFailure(Exception):

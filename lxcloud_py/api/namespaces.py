@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lxcloud_py import __version__, hosts, images, leases, pools, vms
+from lxcloud_py import __version__, hosts, images, leases, lifecycle, pools, vms
 from lxcloud_py.model import Conflict, InvalidInput, NotFound
 from lxcloud_py.store import Store
 from lxcloud_py.users import Principal
@@ -175,9 +175,12 @@ class VmNamespace(Namespace):
 
     def action(self, who: Principal, name: object, vm_id: object) -> int:
         action = want_str(name, "action", 32)
+        # OpenNebula before 5.0 called terminate "shutdown": 2010-era images still send it
+        action = vms.LEGACY_ACTIONS.get(action, action)
         vid = want_int(vm_id, "VM id")
         self._own(who, "one.vm.action", vid, "MANAGE")
-        if who.is_vm and action not in vms.SELF_ACTIONS:
+        actor = lifecycle.Actor.VM if who.is_vm else lifecycle.Actor.USER
+        if who.is_vm and not lifecycle.may_trigger(actor, action):
             raise ApiFailure(
                 AUTHORIZATION,
                 f"User [{who.name}] : Not authorized to perform {action} on VM [{vid}].",
@@ -186,7 +189,7 @@ class VmNamespace(Namespace):
         if action not in vms.ACTIONS:  # OpenNebula's answer, also to its actions lxcloud lacks
             raise ApiFailure(ACTION, f'Virtual machine action "{action}" is not supported', vid)
         try:
-            return vms.action(self.store, vid, action)
+            return vms.action(self.store, vid, action, actor)
         except NotFound:
             raise ApiFailure(NO_EXISTS, f"Error getting virtual machine [{vid}].", vid) from None
 

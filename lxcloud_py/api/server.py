@@ -1,8 +1,11 @@
 """The XML-RPC server: OpenNebula's calling convention at ``/RPC2``.
 
-* ``POST /RPC2`` only (anything else 404); the body must have a Content-Length no larger than
-  ``max_request_bytes`` (413 otherwise, 411 without one) and no Content-Encoding (415).
-* One thread per request (``ThreadingMixIn``); each request's socket times out.
+* HTTP is :mod:`lxcloud_py.api.front`: an asyncio front that reads whole requests (deadline,
+  size cap, connection caps) before one of ``max_threads`` workers sees them; ``POST /RPC2``
+  only (404/405 otherwise), a Content-Length no larger than ``max_request_bytes`` (413
+  otherwise, 411 without one, 400 malformed) and no Content-Encoding (415).
+* A body that is not XML-RPC gets the fault ``-32700``; integers beyond 64 bits are refused
+  with XML_RPC_API "out of range"; no reply carries a traceback or a Python class name.
 * Method names resolve to ``NAMESPACE.METHOD`` through the namespace classes' ``METHODS``
   lists only; no ``allow_dotted_names``; any name with a part starting with ``_`` and any
   unknown name get the XML-RPC fault ``-506`` (xmlrpc-c's "method not defined", as oned).
@@ -15,12 +18,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-import socketserver
-import threading
 import time
+import xmlrpc.client
 from typing import Any
 from xmlrpc.client import Fault
-from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 from lxcloud_py.model import Conflict, InvalidInput, LxcloudError, NotFound
 from lxcloud_py.store import Store
@@ -37,15 +38,17 @@ from .errors import (
     XML_RPC_API,
     ApiFailure,
 )
+from .front import HttpFront
 from .namespaces import NAMESPACES, Namespace
 from .one_namespaces import ONE_NAMESPACES
 
 log = logging.getLogger("lxcloud.api")
 
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
-DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_MAX_THREADS = 32
 METHOD_NOT_FOUND = -506
+PARSE_ERROR = -32700
+INT64 = (-(2**63), 2**63)
 
 
 class Dispatcher:
@@ -67,8 +70,8 @@ class Dispatcher:
     def method_names(self) -> list[str]:
         return sorted(self._methods)
 
-    # SimpleXMLRPCDispatcher calls instance._dispatch(method, params) for every call.
-    def _dispatch(self, method: str, params: tuple[Any, ...]) -> list[Any]:
+    # marshaled() calls _dispatch(method, params) for every call.
+    def _dispatch(self, method: str, params: tuple[Any, ...], ip: str = "-") -> list[Any]:
         t0 = time.monotonic()
         if (
             not isinstance(method, str)
@@ -77,7 +80,7 @@ class Dispatcher:
         ):
             log.warning("refused method %r", str(method)[:100])
             raise Fault(METHOD_NOT_FOUND, f"Method {str(method)[:100]!r} not defined")
-        ctx = {"user": "-"}
+        ctx = {"user": "-", "ip": ip}
         try:
             reply = self._call(method, params, ctx)
             code = SUCCESS
@@ -85,17 +88,20 @@ class Dispatcher:
             code = exc.code
             reply = [False, f"[{method}] {exc.message}", exc.code, exc.object_id]
         ms = (time.monotonic() - t0) * 1000
-        log.info("%s user=%s code=0x%04x(%s) %.1f ms", method, ctx["user"], code, NAMES[code], ms)
+        log.info("%s user=%s ip=%s code=0x%04x(%s) %.1f ms", method, ctx["user"], ip, code,
+                 NAMES[code], ms)
         return reply
 
     def _call(self, method: str, params: tuple[Any, ...], ctx: dict[str, str]) -> list[Any]:
         ns, fn, sig = self._methods[method]
         if not params:
             raise ApiFailure(AUTHENTICATION, "User couldn't be authenticated, aborting call.")
+        claimed = params[0].split(":", 1)[0][:64] if isinstance(params[0], str) else "?"
         try:
-            who = self.auth.authenticate(params[0])
+            who = self.auth.authenticate(params[0], None if ctx["ip"] == "-" else ctx["ip"])
         except AuthenticationError as exc:
-            log.info("%s: authentication failed: %s", method, exc)
+            log.warning("%s: authentication failed for user %r from %s: %s", method, claimed,
+                        ctx["ip"], exc)
             raise ApiFailure(
                 AUTHENTICATION, "User couldn't be authenticated, aborting call."
             ) from None
@@ -105,6 +111,13 @@ class Dispatcher:
         ctx["user"] = who.name
         self._authorize(ns, method, who)
         args = params[1:]
+        for i, arg in enumerate(args, start=2):
+            if _has_huge_int(arg):
+                raise ApiFailure(
+                    XML_RPC_API,
+                    f"argument {i}: integer out of range (i4/int: 32 bits, i8: 64 bits, "
+                    "ASCII digits)",
+                )
         try:
             sig.bind(who, *args)
         except TypeError:
@@ -131,6 +144,10 @@ class Dispatcher:
         return [True, body, SUCCESS]
 
     @staticmethod
+    def internal_reply() -> list[Any]:
+        return [False, "Internal error, see the server log.", INTERNAL, -1]
+
+    @staticmethod
     def _authorize(ns: Namespace, method: str, who: Principal) -> None:
         short = method.rsplit(".", 1)[1]
         if who.is_vm:
@@ -141,6 +158,18 @@ class Dispatcher:
             raise ApiFailure(AUTHORIZATION, f"User [{who.name}] : Not authorized to call {method}.")
 
 
+def _has_huge_int(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return isinstance(value, OutOfRange) or not INT64[0] <= value < INT64[1]
+    if depth < 32 and isinstance(value, list | tuple):
+        return any(_has_huge_int(v, depth + 1) for v in value)
+    if depth < 32 and isinstance(value, dict):
+        return any(_has_huge_int(v, depth + 1) for v in value.values())
+    return False
+
+
 def _object_id(args: tuple[Any, ...]) -> int:
     for a in args:
         if isinstance(a, int) and not isinstance(a, bool) and -(2**31) <= a < 2**31:
@@ -148,67 +177,71 @@ def _object_id(args: tuple[Any, ...]) -> int:
     return -1
 
 
-class RequestHandler(SimpleXMLRPCRequestHandler):
-    rpc_paths = ("/RPC2",)
-    timeout = DEFAULT_REQUEST_TIMEOUT
+class OutOfRange(int):
+    """An XML-RPC integer outside its type's range (``<i4>``/``<int>``: 32 bits, ``<i8>``: 64
+    bits) or written with other than ASCII digits; the dispatcher refuses calls carrying one."""
 
-    def do_POST(self) -> None:
-        if not self.is_rpc_path_valid():
-            self.report_404()
-            return
-        limit = getattr(self.server, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)
-        raw = self.headers.get("content-length")
-        if raw is None:
-            self._refuse(411, "Length Required")
-            return
+
+def _end_int(bits: int) -> Any:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1)
+
+    def end(self: xmlrpc.client.Unmarshaller, data: str) -> None:
+        text = data.strip()
         try:
-            length = int(raw)
+            value = int(text)
         except ValueError:
-            self._refuse(400, "Bad Content-Length")
-            return
-        if length < 0:
-            self._refuse(400, "Bad Content-Length")
-            return
-        if length > limit:
-            log.warning(
-                "refused a %d-byte request from %s (limit %d)",
-                length,
-                self.client_address[0],
-                limit,
-            )
-            self._refuse(413, f"Request larger than {limit} bytes")
-            return
-        encoding = self.headers.get("content-encoding", "identity").lower()
-        if encoding != "identity":
-            self._refuse(415, "Content-Encoding not supported")
-            return
-        super().do_POST()
+            raise ValueError("bad integer") from None
+        ok = text.isascii() and low <= value < high
+        self.append(value if ok else OutOfRange(value))
+        self._value = False  # as the standard end_int leaves it
 
-    def _refuse(self, code: int, message: str) -> None:
-        self.send_response(code, message)
-        self.send_header("Content-Type", "text/plain")
-        body = (message + "\n").encode()
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-        self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+    return end
 
 
-class ApiServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
-    """Threaded XML-RPC server; in-flight requests finish on ``server_close``.
+class _Unmarshaller(xmlrpc.client.Unmarshaller):
+    dispatch = dict(xmlrpc.client.Unmarshaller.dispatch)
+    for _tag in ("i1", "i2", "i4", "int"):
+        dispatch[_tag] = _end_int(32)
+    dispatch["i8"] = _end_int(64)
+    dispatch["big_integer"] = _end_int(64)
 
-    At most ``max_threads`` requests are handled at once (each holds a database connection);
-    further connections wait in the listen backlog until a handler finishes.
-    """
 
-    daemon_threads = False
-    block_on_close = True
-    allow_reuse_address = True
-    request_queue_size = 128
+def _loads(data: bytes) -> tuple[tuple[Any, ...], str | None]:
+    u = _Unmarshaller()
+    p = xmlrpc.client.ExpatParser(u)
+    p.feed(data)
+    p.close()
+    return u.close(), u.getmethodname()
+
+
+def _dumps(value: Any, **kw: Any) -> bytes:
+    return xmlrpc.client.dumps(value, allow_none=False, encoding="utf-8", **kw).encode(
+        "utf-8", "xmlcharrefreplace"
+    )
+
+
+def marshaled(dispatcher: Dispatcher, data: bytes, ip: str = "-") -> bytes:
+    """One XML-RPC request body to its reply body. Unlike the standard library's dispatcher,
+    no fault carries a Python class name: a body that is not XML-RPC gets a plain parse-error
+    fault, a reply that cannot be marshalled an INTERNAL reply (logged)."""
+    try:
+        params, method = _loads(data)
+        if method is None:
+            raise ValueError("no methodName")
+    except Exception:  # expat, ValueError, TypeError ...: all the client's fault
+        return _dumps(Fault(PARSE_ERROR, "parse error: not a well-formed XML-RPC request"))
+    try:
+        return _dumps((dispatcher._dispatch(method, params, ip),), methodresponse=True)
+    except Fault as fault:
+        return _dumps(fault)
+    except Exception:
+        log.exception("XML-RPC reply to %s could not be built", str(method)[:100])
+        return _dumps((Dispatcher.internal_reply(),), methodresponse=True)
+
+
+class ApiServer(HttpFront):
+    """The XML-RPC API over :class:`~lxcloud_py.api.front.HttpFront` (asyncio front, whole
+    requests read before a worker sees them, ``max_threads`` workers)."""
 
     def __init__(
         self,
@@ -216,33 +249,17 @@ class ApiServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         address: tuple[str, int],
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_threads: int = DEFAULT_MAX_THREADS,
+        **front: Any,
     ) -> None:
-        self._slots = threading.BoundedSemaphore(max_threads)
+        # No allow_dotted_names or registered instance: the dispatcher resolves names itself.
+        self.dispatcher = Dispatcher(store)
         super().__init__(
             address,
-            requestHandler=RequestHandler,
-            logRequests=False,
-            allow_none=False,
-            encoding="utf-8",
+            lambda body, ip: marshaled(self.dispatcher, body, ip),
+            max_request_bytes=max_request_bytes,
+            max_threads=max_threads,
+            **front,
         )
-        self.max_request_bytes = max_request_bytes
-        self.dispatcher = Dispatcher(store)
-        # No allow_dotted_names: the dispatcher resolves names itself.
-        self.register_instance(self.dispatcher)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self._slots.acquire()
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
 
     @property
     def port(self) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from lxcloud_py import leases
+from lxcloud_py import lease_export, leases
 from lxcloud_py.model import LeaseState
 from lxcloud_py.store import Store
 from lxcloud_py.table import render
@@ -25,6 +25,15 @@ def register(subparsers: Any) -> None:
         "--prune", action="store_true", help="remove free leases that are not in the file"
     )
     imp.add_argument("--dry-run", action="store_true", help="check and report, change nothing")
+    imp.add_argument(
+        "--strict", action="store_true",
+        help="refuse rows pinned to a host that has not registered (default: warn)",
+    )
+    imp.add_argument(
+        "--prefix", type=int, default=leases.DEFAULT_PREFIX, metavar="N",
+        help="prefix length of the VM networks: a lease may not be its network or broadcast "
+        "address (default 24)",
+    )
     imp.set_defaults(func=cmd_import)
 
     exp = sub.add_parser("export", help="write the leases as a dnsmasq dhcp-hostsfile or CSV")
@@ -44,7 +53,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     store = Store(args.db)
     try:
         try:
-            report = leases.import_leases(store, args.file, prune=args.prune, dry_run=args.dry_run)
+            if not 8 <= args.prefix <= 32:
+                print("lxcloud: --prefix must be 8..32", file=sys.stderr)
+                return 2
+            report = leases.import_leases(
+                store, args.file, prune=args.prune, dry_run=args.dry_run, strict=args.strict,
+                prefix=args.prefix,
+            )
         except leases.LeaseFileError as exc:
             for line in exc.errors:
                 print(line, file=sys.stderr)
@@ -56,6 +71,9 @@ def cmd_import(args: argparse.Namespace) -> int:
             return 2
     finally:
         store.dispose()
+    for row in report.unknown_hosts:
+        print(f"warning: {args.file}:{row.line}: host {row.host} is not registered (yet)",
+              file=sys.stderr)
     print(format_report(report))
     if args.dry_run:
         print("(dry run: nothing changed)")
@@ -102,11 +120,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = Store(args.db)
     try:
         with store.transaction() as conn:
-            text = leases.render_export(leases.list_leases(conn), args.format)
+            text = lease_export.render_export(leases.list_leases(conn), args.format)
     finally:
         store.dispose()
     if args.output:
-        leases.atomic_write(args.output, text)
+        lease_export.atomic_write(args.output, text)
         n = max(0, text.count("\n") - 1)
         print(f"wrote {n} leases to {args.output} ({args.format})", file=sys.stderr)
     else:

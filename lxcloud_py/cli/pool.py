@@ -40,6 +40,12 @@ def register(subparsers: Any) -> None:
     st.add_argument("--cpu", type=float, help="with --image (default 1)")
     st.add_argument("--vcpu", type=int, help="with --image (default 1)")
     st.add_argument("--memory", type=int, metavar="MB", help="with --image (default 512)")
+    st.add_argument(
+        "--context",
+        action="append",
+        metavar="KEY=VALUE",
+        help="with --image: a CONTEXT variable (repeat), e.g. VM_EXIT_CODE=300",
+    )
     st.add_argument("--count", "--target", dest="target", type=int, help="target VM count")
     st.add_argument("--lifetime", type=int, metavar="S", help="seconds each VM lives (0: none)")
     st.add_argument("--priority", type=int, help="higher pools refill first")
@@ -112,6 +118,12 @@ def set_mapping(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("image", "cpu", "vcpu", "memory", "target", "lifetime", "priority", "drain"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
+    if args.context:
+        pairs = [c.partition("=") for c in args.context]
+        bad = [c for c, (_k, sep, _v) in zip(args.context, pairs, strict=True) if not sep]
+        if bad:
+            raise InvalidInput(f"--context takes KEY=VALUE, got {bad[0]!r}")
+        data["context"] = {k: v for k, _sep, v in pairs}
     if args.hosts is not None:
         data["hosts"] = args.hosts
     if args.backoff_base is not None:

@@ -5,8 +5,9 @@ See :mod:`lxcloud_py.scheduler.core` for the cycle and the claim protocol.
 
 from __future__ import annotations
 
-from .core import CycleResult, Placement, Scheduler, Unplaced, run_cycle
+from .core import CycleResult, Placement, Scheduler, Unplaced, run_cycle, settings_from
 from .filters import FILTERS, BaseFilter
+from .settings import SchedulerConfig
 from .state import HostState, Lease, Request, load_hosts, load_requests
 from .weighers import WEIGHERS, BaseWeigher
 
@@ -21,8 +22,10 @@ __all__ = [
     "Placement",
     "Request",
     "Scheduler",
+    "SchedulerConfig",
     "Unplaced",
     "load_hosts",
     "load_requests",
     "run_cycle",
+    "settings_from",
 ]

@@ -26,16 +26,18 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import BindParameter, Connection, bindparam, insert, select, update
 from sqlalchemy.exc import OperationalError
 
-from lxcloud_py.config import SchedulerConfig
+from lxcloud_py import lifecycle
 from lxcloud_py.leases import claim_lease
-from lxcloud_py.model import SCHEDULABLE_HOST_STATES, LCMState, VMState
+from lxcloud_py.model import SCHEDULABLE_HOST_STATES
 from lxcloud_py.store import Store, schema
 
 from .filters import FILTERS, BaseFilter
+from .settings import SchedulerConfig, from_mapping
 from .state import HostState, Lease, Request, load_hosts, load_requests, usage_query
 from .weighers import WEIGHERS, BaseWeigher, normalise
 
@@ -43,6 +45,8 @@ log = logging.getLogger("lxcloud.scheduler")
 
 _H, _V, _L = schema.hosts, schema.vms, schema.leases
 _HISTORY = insert(schema.history)
+#: The scheduler's one transition (lxcloud_py.lifecycle): PENDING -> ACTIVE/PROLOG.
+_PLACE_FROM, _PLACE_TO = lifecycle.transition(lifecycle.PLACE)
 #: MySQL errors that mean "try again": deadlock found, lock wait timeout.
 _RETRYABLE_MYSQL = {1213, 1205}
 
@@ -93,7 +97,7 @@ class _Lost(Exception):
 class Scheduler:
     def __init__(self, store: Store, config: SchedulerConfig | None = None) -> None:
         self.store = store
-        self.config = (config or SchedulerConfig()).validate()
+        self.config = (config or SchedulerConfig()).validate(filters=FILTERS, weighers=WEIGHERS)
         self.filters: list[BaseFilter] = [FILTERS[n](self.config) for n in self.config.filters]
         self.weighers: list[BaseWeigher] = [WEIGHERS[n](self.config) for n in self.config.weighers]
         self._conn: Connection | None = None
@@ -112,12 +116,12 @@ class Scheduler:
         self._host_macs = select(schema.host_macs.c.mac).where(schema.host_macs.c.host_id == hid)
         self._bind_vm = (
             update(_V)
-            .where(_V.c.id == bindparam("vid"), _V.c.state == VMState.PENDING)
+            .where(_V.c.id == bindparam("vid"), _V.c.state == _PLACE_FROM[0])
             .values(
                 host_id=hid,
                 image_id=bindparam("iid"),
-                state=VMState.ACTIVE,
-                lcm_state=LCMState.PROLOG,
+                state=_PLACE_TO[0],
+                lcm_state=_PLACE_TO[1],
                 sched_message=None,
             )
         )
@@ -168,12 +172,12 @@ class Scheduler:
     ) -> None:
         # A request shape that found no host cannot find one later in the same cycle: hosts
         # only fill up. Cache the reason instead of filtering 500 hosts again.
-        failed: dict[tuple[float, int, str | None], str] = {}
+        failed: dict[tuple[float, int, str | None, frozenset[str] | None], str] = {}
         max_placed = self.config.max_placements_per_cycle
         for req in requests:
             if max_placed is not None and len(result.placements) >= max_placed:
                 break
-            key = (req.cpu, req.memory_mb, req.image_name)
+            key = (req.cpu, req.memory_mb, req.image_name, req.hosts)
             if req.held_lease is None and key in failed:
                 result.unplaced.append(Unplaced(req.vm_id, req.name, failed[key]))
                 continue
@@ -329,8 +333,8 @@ class Scheduler:
                     "ts": time.time(),
                     "kind": "vm",
                     "object_id": req.vm_id,
-                    "old_state": VMState.PENDING.name,
-                    "new_state": VMState.ACTIVE.name,
+                    "old_state": _PLACE_FROM[0].name,
+                    "new_state": _PLACE_TO[0].name,
                     "message": f"PROLOG: placed on host {host.name}, lease {lease.ip} "
                     f"{lease.mac} {lease.name}{image}",
                 },
@@ -384,7 +388,7 @@ class Scheduler:
         with self._conn.begin():
             self._conn.execute(
                 update(_V)
-                .where(_V.c.id == bindparam("vid"), _V.c.state == VMState.PENDING)
+                .where(_V.c.id == bindparam("vid"), _V.c.state == _PLACE_FROM[0])
                 .values(sched_message=bindparam("msg")),
                 changed,
             )
@@ -395,6 +399,12 @@ def _lease_by_id(host: HostState, lease_id: int) -> Lease | None:
         if lease.id == lease_id:
             return lease
     return None
+
+
+def settings_from(data: Any, where: str = "scheduler") -> SchedulerConfig:
+    """Settings from the ``scheduler`` section of a config file, the names of filters and
+    weighers checked against the scheduler's registries."""
+    return from_mapping(data, where, filters=FILTERS, weighers=WEIGHERS)
 
 
 def run_cycle(store: Store, config: SchedulerConfig | None = None) -> CycleResult:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import ClassVar
 
-from lxcloud_py.config import SchedulerConfig
-
+from .settings import SchedulerConfig
 from .state import HostState, Request
 
 _EPS = 1e-9
@@ -51,6 +50,29 @@ class HostStateFilter(BaseFilter):
 
     def none_left(self, request: Request) -> str:
         return "No enabled host"
+
+
+class RequirementsFilter(BaseFilter):
+    """The host is one the VM's SCHED_REQUIREMENTS allow (the ``HOSTNAME = "h" | ...`` subset
+    of OpenNebula's expressions; pools with a host constraint write it)."""
+
+    name = "RequirementsFilter"
+    reason = "not allowed by SCHED_REQUIREMENTS"
+    static = True
+
+    def cache_key(self, request: Request) -> Hashable:
+        return request.hosts
+
+    def host_passes(self, host: HostState, request: Request) -> bool:
+        return request.hosts is None or host.name in request.hosts
+
+    def none_left(self, request: Request) -> str:
+        if request.hosts == frozenset():
+            return (
+                f"SCHED_REQUIREMENTS {request.requirements!r} is not understood "
+                '(lxcloud knows HOSTNAME = "name" terms joined by |)'
+            )
+        return f"No host allowed by SCHED_REQUIREMENTS ({', '.join(sorted(request.hosts or ()))})"
 
 
 class ImageFilter(BaseFilter):
@@ -141,6 +163,7 @@ FILTERS: dict[str, type[BaseFilter]] = {
     cls.name: cls
     for cls in (
         HostStateFilter,
+        RequirementsFilter,
         ImageFilter,
         LeaseFilter,
         CpuFilter,

@@ -7,15 +7,18 @@ places VMs; each claim re-checks the host against the database under a row lock.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, or_, select
 
+from lxcloud_py import template
 from lxcloud_py.model import (
     LIVE_VM_STATES,
     SCHEDULABLE_HOST_STATES,
     ImageState,
+    InvalidInput,
     LCMState,
     LeaseState,
     VMState,
@@ -92,6 +95,35 @@ class Request:
     sched_message: str | None = None
     #: the lease this VM already holds (a resubmitted VM keeps its lease, hence its host)
     held_lease: Lease | None = None
+    #: the hosts its SCHED_REQUIREMENTS allow (None: any host; empty: an expression lxcloud
+    #: does not understand, which no host passes)
+    hosts: frozenset[str] | None = None
+    requirements: str | None = None
+
+
+_REQ_TERM = re.compile(r'\s*HOSTNAME\s*=\s*"?([A-Za-z0-9][A-Za-z0-9._-]*)"?\s*\Z')
+
+
+def requirement_hosts(expression: str) -> frozenset[str]:
+    """The hosts an OpenNebula SCHED_REQUIREMENTS expression allows, for the subset lxcloud
+    understands: ``HOSTNAME = "a" | HOSTNAME = "b"`` (what pools with a host constraint write).
+    Anything else allows no host (the VM says why in its SCHED_MESSAGE)."""
+    names = []
+    for term in expression.split("|"):
+        m = _REQ_TERM.match(term)
+        if m is None:
+            return frozenset()
+        names.append(m.group(1))
+    return frozenset(names)
+
+
+def _requirements(text: str | None) -> str | None:
+    if not text or "SCHED_REQUIREMENTS" not in text.upper():
+        return None  # cheap: most templates have none
+    try:
+        return template.parse(text).get("SCHED_REQUIREMENTS")
+    except InvalidInput:
+        return ""
 
 
 def usage_query() -> Any:
@@ -178,6 +210,7 @@ def load_requests(conn: Connection, limit: int | None = None) -> list[Request]:
             _V.c.image_name,
             _V.c.created,
             _V.c.sched_message,
+            _V.c.template,
         )
         .where(_V.c.state == VMState.PENDING)
         .order_by(_V.c.created, _V.c.id)
@@ -194,8 +227,11 @@ def load_requests(conn: Connection, limit: int | None = None) -> list[Request]:
             image_name=r.image_name or None,
             created=r.created,
             sched_message=r.sched_message,
+            requirements=req,
+            hosts=None if req is None else requirement_hosts(req),
         )
         for r in conn.execute(stmt)
+        for req in (_requirements(r.template),)
     ]
     held = {
         r.vm_id: Lease(r.id, r.ip, r.mac, r.name, r.host)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from lxcloud_py.config import SchedulerConfig
-
+from .settings import SchedulerConfig
 from .state import HostState, Request
 
 

@@ -9,6 +9,7 @@ through :meth:`Store.for_update`) make claims atomic between schedulers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -44,10 +45,25 @@ def default_url() -> str:
     return f"sqlite:///{state / 'lxcloud' / 'lxcloud.db'}"
 
 
+def _secure_sqlite_file(path: Path) -> None:
+    """The database holds password and token hashes: its directory is created 0700, the file
+    0600 before SQLite first opens it (SQLite gives its -wal and -shm files the database's
+    mode), and an existing file, -wal or -shm open to others is narrowed to its owner."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            mode = p.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(p, mode & 0o700)
+
+
 def _sqlite_engine(url: str) -> Engine:
     u = make_url(url)
     if u.database and u.database != ":memory:":
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        _secure_sqlite_file(Path(u.database))
     engine = create_engine(
         url,
         connect_args={"timeout": LOCK_TIMEOUT, "check_same_thread": False},

@@ -26,34 +26,30 @@ import time
 import xml.etree.ElementTree as ET
 import xmlrpc.client
 
+from ansible_collections.lxcloud.cloud.plugins.module_utils.wire import (  # noqa: F401
+    ACTION,
+    ALLOCATE,
+    AUTHENTICATION,
+    AUTHORIZATION,
+    ERROR_NAMES,
+    INTERNAL,
+    NO_EXISTS,
+    SUCCESS,
+    XML_RPC_API,
+    split_session,
+)
+
 DEFAULT_CONFIG = "/etc/lxcloud/api.conf"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF = 0.5
 
-# OpenNebula error codes (docs/api.md)
-SUCCESS = 0x0000
-AUTHENTICATION = 0x0100
-AUTHORIZATION = 0x0200
-NO_EXISTS = 0x0400
-ACTION = 0x0800
-XML_RPC_API = 0x1000
-INTERNAL = 0x2000
-ALLOCATE = 0x4000
+# OpenNebula's error codes: the wire contract (module_utils/wire.py), re-exported here.
 #: Pseudo code for "never got a reply" (not an OpenNebula code).
 CONNECTION = -1
 
-CODE_NAMES = {
-    SUCCESS: "SUCCESS",
-    AUTHENTICATION: "AUTHENTICATION",
-    AUTHORIZATION: "AUTHORIZATION",
-    NO_EXISTS: "NO_EXISTS",
-    ACTION: "ACTION",
-    XML_RPC_API: "XML_RPC_API",
-    INTERNAL: "INTERNAL",
-    ALLOCATE: "ALLOCATE",
-    CONNECTION: "CONNECTION",
-}
+CODE_NAMES = dict(ERROR_NAMES)
+CODE_NAMES[CONNECTION] = "CONNECTION"
 
 
 class ApiError(Exception):
@@ -223,8 +219,10 @@ class ApiClient:
     ):
         if not url or not url.startswith(("http://", "https://")):
             raise ApiConfigError("API URL must start with http:// or https://, got %r" % url)
-        if not session or ":" not in session:
-            raise ApiConfigError("API session must look like user:secret")
+        try:
+            split_session(session)
+        except ValueError:
+            raise ApiConfigError("API session must look like user:secret") from None
         self.url = url
         self.session = session
         self.timeout = float(timeout)

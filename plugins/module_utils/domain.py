@@ -18,6 +18,8 @@ import os
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 from ansible_collections.lxcloud.cloud.plugins.module_utils.names import (
     InvalidName,
@@ -462,15 +464,45 @@ def _state_name(dom):
     return STATE_NAMES.get(state_of(dom), "unknown") if dom is not None else "absent"
 
 
-def ensure(conn, name, wanted, state, check_mode=False, uuid_given=False,
-           restart_on_change=False, shutdown_timeout=60, storage_dir=None,
-           remove_storage_files=True, extra_paths=(), return_xml=False,
-           remove_console_log=False, console_log=None):
-    """Bring domain ``name`` to ``state`` (defined, running, stopped, absent).
+@dataclass(frozen=True)
+class DomainRequest:
+    """What :func:`ensure` is asked to do with one domain (the vm module's options)."""
 
-    ``wanted`` is make_spec()'s dict, or None to leave an existing definition alone.
+    #: the domain's name
+    name: str
+    #: defined, running, stopped or absent
+    state: str
+    #: make_spec()'s dict, or None to leave an existing definition alone
+    wanted: Optional[dict] = None
+    #: the uuid in ``wanted`` was given, not derived: a domain with another uuid is an error
+    uuid_given: bool = False
+    #: a running domain whose definition changed is restarted (else: pending_restart)
+    restart_on_change: bool = False
+    #: seconds a graceful shutdown may take before the domain is forced off
+    shutdown_timeout: int = 60
+    #: with state absent: the managed storage directory; files under it are removed
+    storage_dir: Optional[str] = None
+    remove_storage_files: bool = True
+    #: more files to remove with the domain (its disk and context as given), if managed
+    extra_paths: Tuple[str, ...] = ()
+    #: also return the persistent XML
+    return_xml: bool = False
+    #: with state absent: also remove the console log (the definition's and ``console_log``)
+    remove_console_log: bool = False
+    console_log: Optional[str] = None
+
+
+def ensure(conn, request, check_mode=False):
+    """Bring domain ``request.name`` to ``request.state`` (defined, running, stopped, absent).
+
     Returns the result dict for exit_json (changed, diff, uuid, state, changes, ...).
     """
+    name, wanted, state = request.name, request.wanted, request.state
+    uuid_given, restart_on_change = request.uuid_given, request.restart_on_change
+    shutdown_timeout, storage_dir = request.shutdown_timeout, request.storage_dir
+    remove_storage_files, extra_paths = request.remove_storage_files, request.extra_paths
+    return_xml, remove_console_log = request.return_xml, request.remove_console_log
+    console_log = request.console_log
     validate_name(name, "vm name")
     dom = lookup(conn, name)
     before = parse_xml(inactive_xml(dom)) if dom is not None else None

@@ -21,15 +21,21 @@ description:
     O(image) (with O(cpu), O(vcpu), O(memory), O(context)) replaces the template.
   - Idempotent. The control plane compares the request with the pool (the template normalised)
     and the module changes something only when they differ.
-author: lxcloud developers
+author: lxcloud developers (@lxcloud)
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying
+      the target.
     support: full
     details: The control plane says what would change (C(lxcloud.pool.plan)); nothing is sent.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in
+      check_mode), when in diff mode.
     support: full
     details: The pool's fields before and after.
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the
+      second invocation indicates no change.
     support: full
 options:
   name:

@@ -288,14 +288,14 @@ def main():
                 user_subnet=p["user_subnet"], console_log=console_log, cpu_mode=p["cpu_mode"],
             )
         conn = D.connect(p["uri"])
-        result = D.ensure(
-            conn, p["name"], wanted, p["state"], check_mode=module.check_mode,
+        result = D.ensure(conn, D.DomainRequest(
+            p["name"], p["state"], wanted,
             uuid_given=bool(p["uuid"]), restart_on_change=p["restart_on_change"],
             shutdown_timeout=p["shutdown_timeout"], storage_dir=p["storage_dir"],
             remove_storage_files=p["remove_storage"],
-            extra_paths=[p["disk"], p["context"]], return_xml=p["return_xml"],
+            extra_paths=(p["disk"], p["context"]), return_xml=p["return_xml"],
             remove_console_log=p["remove_console_log"], console_log=console_log,
-        )
+        ), check_mode=module.check_mode)
     except InvalidName as e:
         module.fail_json(msg=str(e), item=e.what)
     except D.DomainError as e:

@@ -57,6 +57,7 @@ class Server:
         return xml.split("<STATE>", 1)[1].split("</STATE>", 1)[0]
 
     def stop(self) -> None:
+        self.api("close")()  # the API keeps HTTP/1.1 connections alive
         self.server.stop()
 
 

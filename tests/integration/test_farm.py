@@ -94,10 +94,11 @@ class Farm:
                     timeout=timeout)
 
     def call(self, method: str, *args: object, session: str | None = None) -> object:
-        fn = xmlrpc.client.ServerProxy(self.url)
-        for part in method.split("."):
-            fn = getattr(fn, part)
-        ok, body, code, *_ = fn(session or self.session, *args)
+        with xmlrpc.client.ServerProxy(self.url) as proxy:
+            fn = proxy
+            for part in method.split("."):
+                fn = getattr(fn, part)
+            ok, body, code, *_ = fn(session or self.session, *args)
         assert ok, f"{method}: 0x{code:04x} {body}"
         return body
 

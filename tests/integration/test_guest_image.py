@@ -174,22 +174,29 @@ def _wait_for(pred, timeout: float, what: str, log: Path) -> float:  # type: ign
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; serial log:\n{text}")
 
 
-def test_guest_boots_with_context_and_terminates_itself(test_image: Path, conn) -> None:  # type: ignore[no-untyped-def]
-    api = FakeOneAPI([[False, "[one.vm.action] try again", 0x0800], [True, 0, 0]])
-    # a 0755 dir, not pytest's 0700 tmp: qemu runs as libvirt-qemu and must reach the files
-    work = Path(tempfile.mkdtemp(prefix="lxtest-guest-", dir="/tmp"))
-    work.chmod(0o755)
-    name = f"{DOMAIN_PREFIX}{uuid.uuid4().hex[:8]}"
-    vm_id = 4000 + secrets.randbelow(1000)
-    token = secrets.token_urlsafe(24)
-    mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
-    dom = None
-    try:
+class Guest:
+    """One test-image domain under the local libvirtd, its context pointing at ``api``."""
+
+    def __init__(self, test_image: Path, conn, api: FakeOneAPI, **context: str) -> None:  # type: ignore[no-untyped-def]
+        # a 0755 dir, not pytest's 0700 tmp: qemu runs as libvirt-qemu and must reach the files
+        self.work = Path(tempfile.mkdtemp(prefix="lxtest-guest-", dir="/tmp"))
+        self.work.chmod(0o755)
+        self.name = f"{DOMAIN_PREFIX}{uuid.uuid4().hex[:8]}"
+        self.vm_id = 4000 + secrets.randbelow(1000)
+        self.token = secrets.token_urlsafe(24)
+        self.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        self.log = self.work / "serial.log"
+        self.dom = None
+        self.image, self.conn, self.api, self.context = test_image, conn, api, context
+
+    def start(self) -> float:
+        """Define and start the domain; the seconds until the guest's boot marker."""
+        work = self.work
         for f in ("vmlinuz", "initrd.img"):
-            shutil.copy(test_image / f, work / f)
+            shutil.copy(self.image / f, work / f)
         # the overlay's backing file is a private copy so libvirt's relabelling never touches
         # the shared cache
-        shutil.copy(test_image / "golden.raw", work / "golden.raw")
+        shutil.copy(self.image / "golden.raw", work / "golden.raw")
         _run(
             [
                 "qemu-img",
@@ -207,60 +214,102 @@ def test_guest_boots_with_context_and_terminates_itself(test_image: Path, conn) 
         iso = _context_iso(
             work,
             {
-                "NAME": name,
+                "NAME": self.name,
                 "ETH0_IP": GUEST_IP,
                 "ETH0_MASK": "255.255.255.0",
                 "ETH0_GATEWAY": GATEWAY,
-                "ETH0_MAC": mac,
+                "ETH0_MAC": self.mac,
                 "ETH0_DNS": "10.213.7.3",
                 "LIFETIME": "5",
-                "LXCLOUD_API": f"http://{GATEWAY}:{api.port}/RPC2",
-                "VMID": str(vm_id),
-                "LXCLOUD_TOKEN": token,
+                "LXCLOUD_API": f"http://{GATEWAY}:{self.api.port}/RPC2",
+                "VMID": str(self.vm_id),
+                "LXCLOUD_TOKEN": self.token,
                 "DRAIN_CHECK_INTERVAL": "1",
                 # a hostile value the guest must carry without breaking (never sourced)
                 "EVIL": "$(poweroff -f)`reboot -f`",
+                **self.context,
             },
         )
-        log = work / "serial.log"
-        dom = conn.defineXML(_domain_xml(name, test_image, work, iso, mac))
+        self.dom = self.conn.defineXML(_domain_xml(self.name, self.image, work, iso, self.mac))
         t_start = time.monotonic()
-        dom.create()
-        marker = f"LXCLOUD-BOOTED name={name} ip={GUEST_IP} mac={mac} vmid={vm_id}"
+        self.dom.create()
+        marker = f"LXCLOUD-BOOTED name={self.name} ip={GUEST_IP} mac={self.mac} vmid={self.vm_id}"
 
         def booted() -> bool:
-            return log.exists() and marker in log.read_text(errors="replace")
+            return self.log.exists() and marker in self.log.read_text(errors="replace")
 
-        _wait_for(booted, 120, "the boot marker", log)
-        boot_s = time.monotonic() - t_start
-        print(f"boot-to-marker (TCG, libvirt start included): {boot_s:.2f} s")
+        _wait_for(booted, 120, "the boot marker", self.log)
+        return time.monotonic() - t_start
+
+    def wait_shut_off(self) -> str:
+        """Wait until the domain is off; the serial log."""
 
         def shut_off() -> bool:
-            state, _reason = dom.state()
+            state, _reason = self.dom.state()
             return state == libvirt.VIR_DOMAIN_SHUTOFF
 
-        _wait_for(shut_off, 120, "the domain to shut off after the callback", log)
+        _wait_for(shut_off, 120, "the domain to shut off after the callback", self.log)
+        return self.log.read_text(errors="replace")
+
+    def close(self) -> None:
+        self.api.close()
+        if self.dom is not None:
+            try:
+                if self.dom.isActive():
+                    self.dom.destroy()
+            finally:
+                self.dom.undefine()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def test_guest_boots_with_context_and_terminates_itself(test_image: Path, conn) -> None:  # type: ignore[no-untyped-def]
+    # an API without lxcloud.vm.exit (a fault): the callback falls back to one.vm.action
+    api = FakeOneAPI([[False, "[one.vm.action] try again", 0x0800], [True, 0, 0]])
+    guest = Guest(test_image, conn, api)
+    try:
+        t_start = time.monotonic()
+        boot_s = guest.start()
+        print(f"boot-to-marker (TCG, libvirt start included): {boot_s:.2f} s")
+        text = guest.wait_shut_off()
         total_s = time.monotonic() - t_start
         print(f"start-to-shutoff with LIFETIME=5 and one refused call: {total_s:.2f} s")
-
-        text = log.read_text(errors="replace")
+        vm_id, token = guest.vm_id, guest.token
         assert "LXCLOUD-CALLBACK terminate requested" in text
         assert "LXCLOUD-CALLBACK error API refused" in text
         assert f"LXCLOUD-CALLBACK ok vmid={vm_id}" in text
         # first call refused, the retry succeeded, and nothing after success
         assert [c[:3] for c in api.calls] == [(f"vm-{vm_id}:{token}", "terminate", vm_id)] * 2
         assert api.calls[1][3] - api.calls[0][3] >= 1.5, "retry must back off"
-        state, reason = dom.state()
+        state, reason = guest.dom.state()
         assert (state, reason) == (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN)
     finally:
-        api.close()
-        if dom is not None:
-            try:
-                if dom.isActive():
-                    dom.destroy()
-            finally:
-                dom.undefine()
-        shutil.rmtree(work, ignore_errors=True)
+        guest.close()
+
+
+class ExitAPI(FakeOneAPI):
+    """Also lxcloud.vm.exit (recorded in ``exits``)."""
+
+    def __init__(self) -> None:
+        super().__init__([[True, 0, 0]])
+        self.exits: list[tuple[object, ...]] = []
+        self.server.register_function(self._exit, "lxcloud.vm.exit")
+
+    def _exit(self, session: str, vm_id: int, code: int, message: str) -> list[object]:
+        self.exits.append((session, vm_id, code, message))
+        return [True, vm_id, 0]
+
+
+def test_guest_ends_itself_with_the_exit_code_of_its_context(test_image: Path, conn) -> None:  # type: ignore[no-untyped-def]
+    api = ExitAPI()
+    guest = Guest(test_image, conn, api, VM_EXIT_CODE="300", VM_EXIT_MESSAGE="no work left")
+    try:
+        guest.start()
+        text = guest.wait_shut_off()
+        assert f"LXCLOUD-CALLBACK ok vmid={guest.vm_id} exit=300" in text
+        assert api.exits == [(f"vm-{guest.vm_id}:{guest.token}", guest.vm_id, 300, "no work left")]
+        assert api.calls == []
+    finally:
+        guest.close()
 
 
 TESTBED = REPO / "testbed"

@@ -16,9 +16,8 @@ import pytest
 import sched_rows as rows
 from sqlalchemy import text
 
-from lxcloud_py.config import SchedulerConfig
 from lxcloud_py.model import VMState
-from lxcloud_py.scheduler import CycleResult, Scheduler
+from lxcloud_py.scheduler import CycleResult, Scheduler, SchedulerConfig
 from lxcloud_py.store import Store
 
 REPO = Path(__file__).resolve().parents[2]

@@ -119,9 +119,11 @@ def api(backend_store: Store) -> Iterator[Api]:
     )
     thread.start()
     url = f"http://127.0.0.1:{server.port}/RPC2"
+    proxy = xmlrpc.client.ServerProxy(url)
     try:
-        yield Api(url, xmlrpc.client.ServerProxy(url), server, store)
+        yield Api(url, proxy, server, store)
     finally:
+        proxy("close")()  # the API keeps HTTP/1.1 connections alive
         server.shutdown()
         server.server_close()
         thread.join(10)
@@ -197,7 +199,8 @@ def test_version_and_log_line(api: Api, caplog: pytest.LogCaptureFixture) -> Non
         assert api.call("one.system.version")
     lines = [r.getMessage() for r in caplog.records if r.name == "lxcloud.api"]
     assert any(
-        line.startswith("one.system.version user=oneadmin code=0x0000") and "ms" in line
+        line.startswith("one.system.version user=oneadmin ip=127.0.0.1 code=0x0000")
+        and "ms" in line
         for line in lines
     ), lines
 
@@ -316,11 +319,11 @@ def test_concurrent_calls(api: Api) -> None:
     errors: list[Any] = []
 
     def worker() -> None:
-        proxy = xmlrpc.client.ServerProxy(api.url)
-        for _ in range(5):
-            reply = proxy.lxcloud.host.heartbeat(ADMIN, "hv1", {})
-            if reply[0] is not True:
-                errors.append(reply)
+        with xmlrpc.client.ServerProxy(api.url) as proxy:
+            for _ in range(5):
+                reply = proxy.lxcloud.host.heartbeat(ADMIN, "hv1", {})
+                if reply[0] is not True:
+                    errors.append(reply)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
     for t in threads:
@@ -685,6 +688,64 @@ def test_vm_token_from_allocation(api: Api) -> None:
     assert api.fail("one.vm.action", "poweroff-hard", vm_id, session=me)[0] == ACTION
     assert api.call("one.vm.action", "terminate-hard", vm_id, session=me) == vm_id
     assert vm_xml(api, vm_id).findtext("STATE") == str(int(VMState.DONE))
+    # the token died with its VM
+    assert api.fail("one.vm.info", vm_id, session=me)[0] == AUTHENTICATION
+    assert api.fail("one.vm.action", "terminate", vm_id, session=me)[0] == AUTHENTICATION
+
+
+def test_legacy_shutdown_is_terminate(api: Api) -> None:
+    """OpenNebula 1.x-4.x images end themselves with "shutdown" (renamed terminate in 5.0)."""
+    vm_id, token = vms.allocate(api.store, TEMPLATE, users.user_id(api.store))
+    assert api.call("one.vm.action", "shutdown", vm_id, session=f"vm-{vm_id}:{token}") == vm_id
+    assert vm_xml(api, vm_id).findtext("STATE") == str(int(VMState.DONE))
+    other, _ = vms.allocate(api.store, TEMPLATE, users.user_id(api.store))
+    assert api.call("one.vm.action", "shutdown-hard", other) == other
+
+
+def test_failed_logins_are_throttled_and_logged_with_the_address(
+    api: Api, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lxcloud_py import auth
+
+    checks = [0]
+    real = auth.verify_password
+
+    def counting(password: str, stored: str) -> bool:
+        checks[0] += 1
+        return real(password, stored)
+
+    monkeypatch.setattr(auth, "verify_password", counting)
+    caplog.set_level(logging.WARNING, "lxcloud.api")
+    for _ in range(6):  # 5 free failures, the 6th locks the address and the user out
+        assert api.fail("one.system.version", session="oneadmin:guess")[0] == AUTHENTICATION
+    hashed = checks[0]
+    # now even the right password is refused, unchecked, for a while
+    assert api.fail("one.system.version", session=ADMIN)[0] == AUTHENTICATION
+    assert checks[0] == hashed, "a throttled request must not cost a password hash"
+    assert "from 127.0.0.1" in caplog.text and "'oneadmin'" in caplog.text
+    assert "too many failed logins" in caplog.text
+    time.sleep(1.2)  # the first lock-out is 1 s
+    assert api.call("one.system.version")  # and a success clears the count
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ("DESCRIPTION = \"{{ lookup('pipe','id') }}\"", "DESCRIPTION"),
+        ('CONTEXT = [ X = "{% raw %}" ]', "CONTEXT/X"),
+        ('LXCLOUD_TOKEN = "t"', "LXCLOUD_TOKEN"),
+        ('CONTEXT = [ ETH0_IP = "10.0.0.9" ]', "CONTEXT/ETH0_IP"),
+        ('VMID = "3"', "VMID"),
+        ("MEMORY = 1000000000000", "MEMORY"),
+        ("MEMORY = \u0664\u0660", "MEMORY"),
+        ("\n".join(f"A{i}=1" for i in range(1_100)), "attributes"),
+    ],
+)
+def test_bad_templates_are_refused_at_allocate(api: Api, extra: str, named: str) -> None:
+    code, message, _ = api.fail("one.vm.allocate", 'NAME = "ok"\n' + extra)
+    assert code == ALLOCATE and named in message  # OpenNebula: allocate errors are ALLOCATE
+    assert "Traceback" not in message and "class" not in message
+    assert api.call("one.vmpool.info", -2, -1, -1, -1).count("<VM>") == 0  # nothing stored
 
 
 def test_concurrent_handlers_are_bounded(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -709,8 +770,8 @@ def test_concurrent_handlers_are_bounded(api: Api, monkeypatch: pytest.MonkeyPat
     replies: list[Any] = []
 
     def client() -> None:
-        proxy = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{server.port}/RPC2")
-        replies.append(proxy.lxcloud.host.heartbeat(ADMIN, "hv1", {}))
+        with xmlrpc.client.ServerProxy(f"http://127.0.0.1:{server.port}/RPC2") as proxy:
+            replies.append(proxy.lxcloud.host.heartbeat(ADMIN, "hv1", {}))
 
     try:
         clients = [threading.Thread(target=client) for _ in range(6)]

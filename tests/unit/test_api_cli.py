@@ -81,6 +81,7 @@ def test_serve_answers_and_stops_gracefully(sqlite_url: str, sig: signal.Signals
                 assert time.monotonic() < deadline, "serve did not listen"
                 time.sleep(0.1)
         assert reply[0] is True
+        proxy("close")()
         proc.send_signal(sig)
         _out, err = proc.communicate(timeout=15)
     finally:
@@ -88,7 +89,7 @@ def test_serve_answers_and_stops_gracefully(sqlite_url: str, sig: signal.Signals
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert "one.system.version user=oneadmin code=0x0000" in err
+    assert "one.system.version user=oneadmin ip=127.0.0.1 code=0x0000" in err
     assert "Traceback" not in err
     assert "stopped" in err
 

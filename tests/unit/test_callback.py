@@ -315,6 +315,24 @@ def test_no_context_anywhere_is_a_clear_error(
         cb.find_context(None, device=str(tmp_path / "no-such-device"))
 
 
+def test_callback_copy_matches_the_contract() -> None:
+    """The script travels to the VM alone, so it carries its own copy of the wire contract
+    (module_utils/wire.py): the exit codes, the session form, the context variables, the action
+    it asks for and the codes it does not retry."""
+    from ansible_collections.lxcloud.cloud.plugins.module_utils import wire
+
+    for name in ("TERMINATED", "USAGE", "NOT_DUE", "NOT_DRAINED", "API_ERROR", "LOCKED"):
+        assert getattr(cb, "EXIT_" + name) == getattr(wire, "CALLBACK_EXIT_" + name), name
+    assert {c: wire.ERROR_NAMES[c] for c in wire.PERMANENT_ERRORS} == cb.NO_RETRY_CODES
+    settings = cb.Settings(
+        {wire.CONTEXT_VMID: "9", wire.CONTEXT_TOKEN: "tok",
+         wire.CONTEXT_API: "http://h:2633/RPC2", wire.CONTEXT_LIFETIME: "60"}
+    )
+    assert settings.session == wire.vm_session(9, "tok")
+    assert settings.lifetime == 60
+    assert f'"{wire.TERMINATE}"' in SCRIPT.read_text()
+
+
 # -- exit codes (lxcloud.vm.exit), Vac shutdown messages, drain requests ------------------------
 class ExitAPI(API):
     """Also serves lxcloud.vm.exit and one.vm.info (with LXCLOUD_DRAIN when ``drain``)."""

@@ -229,7 +229,7 @@ def test_boot_script_registers_and_heartbeats(cp, tmp_path):
     lib = tmp_path / "lib"
     pkg = lib / "ansible_collections" / "lxcloud" / "cloud" / "plugins" / "module_utils"
     pkg.mkdir(parents=True)
-    for name in ("api_client.py", "host_probe.py", "names.py"):
+    for name in ("api_client.py", "host_probe.py", "names.py", "wire.py"):
         (pkg / name).write_bytes((REPO / "plugins" / "module_utils" / name).read_bytes())
     api_conf = tmp_path / "api.conf"
     api_conf.write_text(f"[api]\nurl = {cp.url}\nsession = oneadmin:pw\n")

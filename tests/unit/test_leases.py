@@ -76,6 +76,18 @@ BAD_ROWS = [
     ("missing field", "10.0.0.9,52:54:00:00:00:09,vm9.farm.example", "missing field(s) 'host'"),
     ("empty field", "10.0.0.9,,vm9.farm.example,hv1", "missing field 'mac'"),
     ("extra field", "10.0.0.9,52:54:00:00:00:09,vm9.farm.example,hv1,x", "extra field(s) 'x'"),
+    # issue 14: addresses no VM may hold
+    ("unspecified", "0.0.0.0,52:54:00:00:00:09,vm9.farm.example,hv1", "the unspecified address"),
+    ("loopback", "127.0.0.5,52:54:00:00:00:09,vm9.farm.example,hv1", "a loopback address"),
+    ("multicast", "224.0.0.9,52:54:00:00:00:09,vm9.farm.example,hv1", "a multicast address"),
+    ("link-local", "169.254.1.9,52:54:00:00:00:09,vm9.farm.example,hv1", "a link-local address"),
+    ("limited broadcast", "255.255.255.255,52:54:00:00:00:09,vm9.farm.example,hv1",
+     "the limited broadcast address"),
+    ("reserved", "240.0.0.9,52:54:00:00:00:09,vm9.farm.example,hv1", "a reserved address"),
+    ("network address", "10.0.0.0,52:54:00:00:00:09,vm9.farm.example,hv1",
+     "the network address of 10.0.0.0/24"),
+    ("broadcast address", "10.0.0.255,52:54:00:00:00:09,vm9.farm.example,hv1",
+     "the broadcast address of 10.0.0.0/24"),
     (
         "duplicate IP",
         "10.0.0.1,52:54:00:00:00:09,vm9.farm.example,hv1",
@@ -314,6 +326,36 @@ def test_export_dnsmasq_and_csv_roundtrip(store: Store, tmp_path: Path) -> None:
     csv_out = tmp_path / "export.csv"
     assert main(["--db", store.url, "lease", "export", "--format", "csv", "-o", str(csv_out)]) == 0
     assert leases.import_leases(store, csv_out).summary() == "0 added, 0 updated, 4 unchanged"
+
+
+def test_prefix_decides_network_and_broadcast(store: Store, tmp_path: Path) -> None:
+    path = write(tmp_path, ["10.0.1.0,52:54:00:00:00:09,vm9.farm.example,hv1"])
+    assert "network address of 10.0.1.0/24" in import_errors(store, path)[0]
+    assert leases.import_leases(store, path, prefix=16).added  # a host address in a /16
+
+
+def test_non_utf8_line_is_named(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(HEADER.encode() + GOOD[0].encode() + b"\n10.0.0.2,52:54:00:00:00:02,"
+                     b"vm\xe9.farm.example,hv1\n")
+    with pytest.raises(leases.InvalidInput, match=rf"{re.escape(str(path))}:3: not UTF-8 text"):
+        leases.import_leases(store, path)
+    assert count(store) == 0
+
+
+def test_unregistered_hosts_warn_or_fail_with_strict(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, GOOD)  # hosts hv1, hv2: not registered in this empty store
+    errors = import_errors(store, path, strict=True)
+    assert errors == [f"{path}:2: host hv1 is not registered", f"{path}:3: host hv1 is not "
+                      "registered", f"{path}:4: host hv2 is not registered"]
+    assert count(store) == 0
+    assert main(["--db", store.url, "lease", "import", "--strict", str(path)]) == 2
+    assert main(["--db", store.url, "lease", "import", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {path}:4: host hv2 is not registered (yet)" in err
+    assert count(store) == 3
 
 
 def test_cli_import_reports_errors_and_summary(

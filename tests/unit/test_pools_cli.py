@@ -65,6 +65,17 @@ def test_set_list_show_delete(db: list[str], tmp_path: Path, capsys) -> None:
     assert main([*db, "pool", "show", "svc"]) == 1
     assert main([*db, "pool", "set", "new"]) == 1  # no template, no image
     assert "give template" in capsys.readouterr().err
+    assert main([*db, "pool", "set", "ctx", "--image", "golden", "--context", "VM_EXIT_CODE=300",
+                 "--context", "NOTE=a b"]) == 0
+    store = Store(db[1])
+    try:
+        with store.transaction() as conn:
+            tpl = vms.parse_spec(pools.get_spec(conn, "ctx").template).template
+    finally:
+        store.dispose()
+    assert tpl.vectors("CONTEXT") == [{"VM_EXIT_CODE": "300", "NOTE": "a b"}]
+    assert main([*db, "pool", "set", "ctx2", "--image", "golden", "--context", "NOEQUALS"]) == 1
+    assert "--context takes KEY=VALUE" in capsys.readouterr().err
 
 
 def test_apply_prune_and_errors(db: list[str], tmp_path: Path, capsys) -> None:

@@ -10,9 +10,9 @@ import sched_rows as rows
 from sqlalchemy import select, update
 
 from lxcloud_py.cli import main
-from lxcloud_py.config import SchedulerConfig, load_config
+from lxcloud_py.config import load_config
 from lxcloud_py.model import HostState, ImageState, InvalidInput, LCMState, VMState
-from lxcloud_py.scheduler import Scheduler
+from lxcloud_py.scheduler import Scheduler, SchedulerConfig
 from lxcloud_py.store import Store, schema
 
 IMG = "slc5-batch"
@@ -490,3 +490,54 @@ def test_lease_or_macs_changed_meanwhile(
             select(schema.hosts.c.name).where(schema.hosts.c.id == rows.vm_row(conn, vm).host_id)
         ).scalar_one()
     assert lease.host == host_name == p.host
+
+
+
+def test_settings_are_handed_in_not_imported_from_config(store: Store) -> None:
+    """No import circle: the scheduler never imports lxcloud_py.config; the config reads its
+    ``scheduler`` section through the scheduler's own settings, checked against the
+    scheduler's registries."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lxcloud_py.scheduler; "
+        "sys.exit('scheduler imported config' if 'lxcloud_py.config' in sys.modules else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    from lxcloud_py.scheduler import settings_from
+
+    assert settings_from(None) == SchedulerConfig()
+    with pytest.raises(InvalidInput, match=r"here\.weighers: unknown weigher 'Nope'"):
+        settings_from({"weighers": ["Nope"]}, "here")
+    with pytest.raises(InvalidInput, match="unknown filter 'Nope'"):
+        Scheduler(store, SchedulerConfig(filters=["Nope"]))
+
+
+# -- SCHED_REQUIREMENTS (pools with a host constraint write it) ---------------------------------
+def test_requirements_pin_the_host(store: Store) -> None:
+    with store.transaction() as conn:
+        farm(conn, {"hv1": 3, "hv2": 3, "hv3": 3})
+        a = rows.vm(conn, "a")
+        conn.execute(update(schema.vms).where(schema.vms.c.id == a).values(
+            template='SCHED_REQUIREMENTS = "HOSTNAME = \\"hv3\\" | HOSTNAME = \\"hv2\\""\n'))
+        b = rows.vm(conn, "b")
+        conn.execute(update(schema.vms).where(schema.vms.c.id == b).values(
+            template='SCHED_REQUIREMENTS = "HOSTNAME = \\"hv9\\""\n'))
+        c = rows.vm(conn, "c")
+        conn.execute(update(schema.vms).where(schema.vms.c.id == c).values(
+            template='SCHED_REQUIREMENTS = "FREE_CPU > 50"\n'))
+    result = place(store)
+    assert {p.vm_id: p.host for p in result.placements}[a] in ("hv2", "hv3")
+    assert {p.vm_id for p in result.placements} == {a}
+    assert "No host allowed by SCHED_REQUIREMENTS (hv9)" in (message(store, b) or "")
+    assert "is not understood" in (message(store, c) or "")
+
+
+def test_requirement_hosts_subset() -> None:
+    from lxcloud_py.scheduler.state import requirement_hosts
+
+    assert requirement_hosts('HOSTNAME = "a" | HOSTNAME=b') == frozenset({"a", "b"})
+    assert requirement_hosts('HOSTNAME = "a" & CPU > 1') == frozenset()
+    assert requirement_hosts('HOSTNAME = "a;rm"') == frozenset()

@@ -10,7 +10,6 @@ import pytest
 import sched_rows as rows
 from sqlalchemy import select
 
-from lxcloud_py.config import SchedulerConfig
 from lxcloud_py.model import (
     SCHEDULABLE_HOST_STATES,
     HostState,
@@ -18,7 +17,7 @@ from lxcloud_py.model import (
     LCMState,
     VMState,
 )
-from lxcloud_py.scheduler import Scheduler
+from lxcloud_py.scheduler import Scheduler, SchedulerConfig
 from lxcloud_py.store import Store, schema
 
 IMAGES = ["slc5-batch", "slc6-batch"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -99,3 +101,26 @@ def test_history_is_appended(store: Store) -> None:
 def test_unknown_url_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported database URL"):
         Store("postgresql://x/y")
+
+
+def test_sqlite_files_are_owner_only(tmp_path: Path) -> None:
+    """The database holds password and token hashes: 0700 dir, 0600 file, -wal and -shm too;
+    an existing file open to others is narrowed."""
+    import stat as st
+
+    db = tmp_path / "new" / "state" / "lxcloud.db"
+    store = Store(f"sqlite:///{db}")
+    store.create_schema()
+    held = store.engine.connect()  # while a connection is open, -wal and -shm exist
+    try:
+        with store.transaction() as conn:
+            conn.execute(schema.meta.insert().values(key="probe", value="x"))
+        assert st.S_IMODE(db.parent.stat().st_mode) == 0o700
+        for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            assert st.S_IMODE(p.stat().st_mode) == 0o600, p
+    finally:
+        held.close()
+        store.dispose()
+    db.chmod(0o644)
+    Store(f"sqlite:///{db}").dispose()
+    assert st.S_IMODE(db.stat().st_mode) == 0o600

@@ -17,6 +17,7 @@ assert _spec and _spec.loader
 tbmod = importlib.util.module_from_spec(_spec)
 sys.modules["lxtestbed"] = tbmod  # dataclasses look their module up
 _spec.loader.exec_module(tbmod)
+tbfiles = importlib.import_module("lxtb.files")  # testbed.py put its parts on the path
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_generated_inventory_ssh_config_and_hosts_files(tb) -> None:
         (h.dir / "ssh").mkdir(parents=True)
         (h.dir / "ssh" / "ssh_host_ed25519_key.pub").write_text(
             f"ssh-ed25519 AAAAkey{h.index} root@{h.name}\n")
-    tb._write_client_files(hosts)
+    tbfiles.write_client_files(tb, hosts)
     inv = tb.inventory.read_text()
     assert "[hypervisors]" in inv
     assert "lxh2 ansible_host=10.213.0.12" in inv
@@ -128,8 +129,8 @@ def test_generated_inventory_ssh_config_and_hosts_files(tb) -> None:
     assert [h["ip"] for h in info["hosts"]] == ["10.213.0.11", "10.213.0.12"]
 
     # /etc/hosts is rewritten in place: a running host has it bind-mounted by inode.
-    tb._write_etc_hosts(hosts[:1])
+    tbfiles.write_etc_hosts(tb, hosts[:1])
     ino = (hosts[0].dir / "hosts").stat().st_ino
-    tb._write_etc_hosts(hosts)
+    tbfiles.write_etc_hosts(tb, hosts)
     assert (hosts[0].dir / "hosts").stat().st_ino == ino
     assert "10.213.0.12\tlxh2" in (hosts[0].dir / "hosts").read_text()

@@ -129,7 +129,7 @@ def test_admin_password_cache_follows_password_changes(store: Store) -> None:
         ("CPU = -1", "CPU must be greater than 0"),
         ("CPU = abc", "CPU must be a number"),
         ("VCPU = 0", "VCPU must be at least 1"),
-        ("VCPU = 2000", "more than 1024"),
+        ("VCPU = 2000", "more than the limit 1024"),
         ("MEMORY = 1.5", "MEMORY must be a whole number"),
         ("LIFETIME = -5", "LIFETIME must be at least 0"),
         ("DISK = [ TARGET = vda ]", "every DISK needs an IMAGE"),
@@ -137,11 +137,40 @@ def test_admin_password_cache_follows_password_changes(store: Store) -> None:
         ("CONTEXT = [ A = 1 ]\nCONTEXT = [ B = 2 ]", "CONTEXT given more than once"),
         ("MEMORY = 1\nMEMORY = 2", "MEMORY given more than once"),
         ("NAME = x;y", "NAME"),
+        # issue 14: refused at allocate, the attribute named
+        ("DESCRIPTION = \"{{ lookup('pipe','id') }}\"", "DESCRIPTION: template delimiters"),
+        ('CONTEXT = [ X = "{% if 1 %}y{% endif %}" ]', "CONTEXT/X: template delimiters"),
+        ('CONTEXT = [ X = "{# c #}" ]', "CONTEXT/X: template delimiters"),
+        ('LXCLOUD_TOKEN = "abc"', "LXCLOUD_TOKEN is set by lxcloud"),
+        ('ETH0_IP = "1.2.3.4"', "ETH0_IP is set by lxcloud"),
+        ('VMID = "7"', "VMID is set by lxcloud"),
+        ('CONTEXT = [ ETH0_IP = "6.6.6.6" ]', "CONTEXT/ETH0_IP is set by lxcloud"),
+        ('CONTEXT = [ LXCLOUD_TOKEN = "x" ]', "CONTEXT/LXCLOUD_TOKEN is set by lxcloud"),
+        ('CONTEXT = [ NAME = "other" ]', "CONTEXT/NAME is set by lxcloud"),
+        ("MEMORY = 1000000000000", "MEMORY 1000000000000 is more than the limit"),
+        ("CPU = 5000", "CPU 5000 is more than the limit"),
+        ("MEMORY = \u0661\u0662\u0668", "MEMORY must be written with ASCII digits"),
+        ("CPU = \uff12", "CPU must be written with ASCII digits"),
+        ("\n".join(f"A{i} = {i}" for i in range(10_000)), "more than 1000 attributes"),
+        ("CONTEXT = [ " + ", ".join(f"K{i} = 1" for i in range(1200)) + " ]",
+         "more than 1000 attributes"),
+        ('DESCRIPTION = "' + "x" * 70_000 + '"', "DESCRIPTION: longer than 65536"),
     ],
 )
 def test_spec_validation(text: str, words: str) -> None:
     with pytest.raises(InvalidInput, match=words.replace("(", r"\(")):
         vms.parse_spec(text)
+
+
+def test_limits_are_configurable() -> None:
+    old = vms.limits()
+    try:
+        vms.configure_limits(vms.Limits(max_memory_mb=1024))
+        with pytest.raises(InvalidInput, match="MEMORY 2048 is more than the limit 1024"):
+            vms.parse_spec("MEMORY = 2048")
+        assert vms.parse_spec("MEMORY = 1024").memory_mb == 1024
+    finally:
+        vms.configure_limits(old)
 
 
 def test_spec_defaults_and_values() -> None:
@@ -156,3 +185,22 @@ def test_spec_defaults_and_values() -> None:
     )
     default = vms.parse_spec("")
     assert (default.cpu, default.vcpu, default.memory_mb, default.lifetime) == (1.0, 1, 512, None)
+
+
+def test_actions_follow_the_lifecycle_by_actor(store: Store) -> None:
+    from lxcloud_py.lifecycle import Actor, NotPermitted
+
+    users.ensure_admin(store, "pw")
+    owner = users.user_id(store)
+    vm_id, _ = vms.allocate(store, TPL, owner)
+    with pytest.raises(NotPermitted, match="the vm may not hold"):
+        vms.action(store, vm_id, "hold", Actor.VM)
+    with pytest.raises(NotPermitted, match="the pool manager may not poweroff"):
+        vms.action(store, vm_id, "poweroff", Actor.POOLS)
+    with pytest.raises(InvalidInput, match="unknown action 'deployed'"):
+        vms.action(store, vm_id, "deployed", Actor.EXECUTOR)  # not a one.vm.action
+    assert vms.action(store, vm_id, "terminate", Actor.POOLS) == vm_id
+    with store.transaction() as conn:
+        assert vms.get(conn, vm_id)["state"] == A.DONE
+    assert vms.SELF_ACTIONS == ("terminate", "terminate-hard", "poweroff", "poweroff-hard")
+    assert vms.EXECUTOR_TRANSITIONS["destroyed"] == ((A.ACTIVE, L.SHUTDOWN), (A.DONE, L.LCM_INIT))
