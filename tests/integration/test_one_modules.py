@@ -71,17 +71,17 @@ class Served:
         registers with its capacity, which makes it MONITORED (one_host waits for that)."""
 
         def run() -> None:
-            api = xmlrpc.client.ServerProxy(self.url)
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                ok, pool = api.one.hostpool.info(ADMIN)[:2]
-                if ok and f"<NAME>{name}</NAME>" in pool:
-                    reply = api.lxcloud.host.register(
-                        ADMIN, name, {"cpu": 4.0, "memory_mb": 8192}, [], {}
-                    )
-                    assert reply[0], reply
-                    return
-                time.sleep(0.2)
+            with xmlrpc.client.ServerProxy(self.url) as api:
+                while time.monotonic() < deadline:
+                    ok, pool = api.one.hostpool.info(ADMIN)[:2]
+                    if ok and f"<NAME>{name}</NAME>" in pool:
+                        reply = api.lxcloud.host.register(
+                            ADMIN, name, {"cpu": 4.0, "memory_mb": 8192}, [], {}
+                        )
+                        assert reply[0], reply
+                        return
+                    time.sleep(0.2)
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
@@ -96,6 +96,7 @@ class Served:
         return list_inventory(self.tmp, self.url, PW, self.env)
 
     def stop(self) -> None:
+        self.api("close")()
         self.server.stop()
 
 
