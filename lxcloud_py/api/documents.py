@@ -24,8 +24,14 @@ from lxcloud_py.model import VMState
 _KEY_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 #: Characters XML 1.0 cannot carry (control characters other than tab, newline, return).
 _BAD_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_TEMPLATE_KEYS = ("NAME", "CPU", "VCPU", "MEMORY", "DISK", "CONTEXT", "NIC")
+_TEMPLATE_KEYS = ("NAME", "CPU", "VCPU", "MEMORY", "DISK", "CONTEXT", "NIC", "TEMPLATE_ID")
 GROUP = "oneadmin"
+_PERM_TAGS = (
+    "OWNER_U", "OWNER_M", "OWNER_A", "GROUP_U", "GROUP_M", "GROUP_A", "OTHER_U", "OTHER_M",
+    "OTHER_A",
+)  # fmt: skip
+#: OpenNebula's default permission bits (umask 177): OWNER_U and OWNER_M.
+DEFAULT_PERMISSIONS = 0o600
 
 
 def _sub(parent: ET.Element, tag: str, value: object = None) -> ET.Element:
@@ -33,6 +39,13 @@ def _sub(parent: ET.Element, tag: str, value: object = None) -> ET.Element:
     if value is not None:
         elem.text = _text(value)
     return elem
+
+
+def permissions(parent: ET.Element, mode: int) -> None:
+    """``<PERMISSIONS>`` from OpenNebula's octal bits (0o600: OWNER_U and OWNER_M)."""
+    perms = _sub(parent, "PERMISSIONS")
+    for i, tag in enumerate(_PERM_TAGS):
+        _sub(perms, tag, 1 if mode & (1 << (8 - i)) else 0)
 
 
 def _text(value: object) -> str:
@@ -66,12 +79,7 @@ def vm_element(vm: dict[str, Any]) -> ET.Element:
     _sub(root, "UNAME", vm.get("owner", ""))
     _sub(root, "GNAME", GROUP)
     _sub(root, "NAME", vm["name"])
-    perms = _sub(root, "PERMISSIONS")
-    for i, tag in enumerate(
-        ("OWNER_U", "OWNER_M", "OWNER_A", "GROUP_U", "GROUP_M", "GROUP_A", "OTHER_U", "OTHER_M")
-    ):
-        _sub(perms, tag, 1 if i < 2 else 0)
-    _sub(perms, "OTHER_A", 0)
+    permissions(root, vm.get("permissions", DEFAULT_PERMISSIONS))
     _sub(root, "LAST_POLL", 0)
     _sub(root, "STATE", vm["state"])
     _sub(root, "LCM_STATE", vm["lcm_state"])
@@ -95,6 +103,8 @@ def vm_element(vm: dict[str, Any]) -> ET.Element:
         for k, v in vec.items():
             _sub(disk, k, v)
         _sub(disk, "DISK_ID", i)
+        if "SIZE" not in vec:  # MiB, as OpenNebula's DISK/SIZE (0: image not registered)
+            _sub(disk, "SIZE", vm.get("disk_size_mb", 0))
         image = vm.get("image")
         if image and vec.get("IMAGE") == image["name"]:
             _sub(disk, "IMAGE_ID", image["id"])
@@ -108,6 +118,8 @@ def vm_element(vm: dict[str, Any]) -> ET.Element:
         _sub(nic, "NETWORK", "lxcloud")
         _sub(nic, "NIC_ID", 0)
         _sub(nic, "DNS_NAME", lease["name"])
+    if tpl.get_all("TEMPLATE_ID"):  # instantiated from a VM template
+        _sub(t, "TEMPLATE_ID", tpl.get_all("TEMPLATE_ID")[0])
     _sub(t, "VCPU", vm["vcpu"])
     _sub(t, "VMID", vm["id"])
 
@@ -222,6 +234,17 @@ def host_element(host: dict[str, Any]) -> ET.Element:
         value = info[key]
         if _KEY_RE.match(key) and isinstance(value, str | int | float | bool):
             _sub(t, key.upper(), value)
+    # What operators set with one.host.update (LABELS ...), over the reported facts.
+    for key, value in host.get("template") or ():
+        elem = t.find(key)  # a reported fact of that name (the generated keys are refused)
+        if elem is not None:
+            t.remove(elem)
+        vec = _sub(t, key)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                _sub(vec, k, v)
+        else:
+            vec.text = _text(value)
     for img in host.get("images", []):
         vec = _sub(t, "IMAGE")
         _sub(vec, "NAME", img["name"])

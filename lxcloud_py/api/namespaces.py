@@ -17,7 +17,8 @@ from lxcloud_py.store import Store
 from lxcloud_py.users import Principal
 
 from . import documents
-from .errors import ALLOCATE, AUTHORIZATION, NO_EXISTS, XML_RPC_API, ApiFailure
+from .errors import ACTION, ALLOCATE, AUTHORIZATION, NO_EXISTS, XML_RPC_API, ApiFailure
+from .one_enrich import enrich_hosts, enrich_vms
 
 #: XML-RPC's int is 32-bit signed.
 _INT_MAX = 2**31 - 1
@@ -111,7 +112,7 @@ class HostNamespace(Namespace):
     def info(self, who: Principal, host_id: object, decrypt: object = False) -> str:
         hid = want_int(host_id, "host id")
         with self.store.transaction() as conn:
-            found = hosts.list_hosts(conn, ids=[hid])
+            found = enrich_hosts(conn, hosts.list_hosts(conn, ids=[hid]))
         if not found:
             raise ApiFailure(NO_EXISTS, f"Error getting host [{hid}].", hid)
         return documents.host_document(found[0])
@@ -131,7 +132,7 @@ class HostPoolNamespace(Namespace):
 
     def info(self, who: Principal) -> str:
         with self.store.transaction() as conn:
-            return documents.host_pool_document(hosts.list_hosts(conn))
+            return documents.host_pool_document(enrich_hosts(conn, hosts.list_hosts(conn)))
 
 
 class VmNamespace(Namespace):
@@ -167,7 +168,7 @@ class VmNamespace(Namespace):
         self._own(who, "one.vm.info", vid, "USE")
         try:
             with self.store.transaction() as conn:
-                vm = vms.get(conn, vid)
+                vm = enrich_vms(conn, [vms.get(conn, vid)])[0]
         except NotFound:
             raise ApiFailure(NO_EXISTS, f"Error getting virtual machine [{vid}].", vid) from None
         return documents.vm_document(vm)
@@ -185,8 +186,8 @@ class VmNamespace(Namespace):
                 f"User [{who.name}] : Not authorized to perform {action} on VM [{vid}].",
                 vid,
             )
-        if action not in vms.ACTIONS:
-            raise ApiFailure(XML_RPC_API, f'Virtual machine action "{action}" is not supported')
+        if action not in vms.ACTIONS:  # OpenNebula's answer, also to its actions lxcloud lacks
+            raise ApiFailure(ACTION, f'Virtual machine action "{action}" is not supported', vid)
         try:
             return vms.action(self.store, vid, action, actor)
         except NotFound:
@@ -236,6 +237,7 @@ class VmPoolNamespace(Namespace):
                 offset=offset,
                 limit=limit,
             )
+            enrich_vms(conn, found)
         return documents.vm_pool_document(found)
 
 

@@ -40,6 +40,7 @@ from .errors import (
 )
 from .front import HttpFront
 from .namespaces import NAMESPACES, Namespace
+from .one_namespaces import ONE_NAMESPACES
 
 log = logging.getLogger("lxcloud.api")
 
@@ -57,7 +58,7 @@ class Dispatcher:
         self.store = store
         self.auth = Authenticator(store)
         self._methods: dict[str, tuple[Namespace, Any, inspect.Signature]] = {}
-        for cls in NAMESPACES:
+        for cls in (*NAMESPACES, *ONE_NAMESPACES):
             ns = cls(store)
             for name in cls.METHODS:
                 if name.startswith("_"):  # pragma: no cover - a programming error

@@ -78,6 +78,7 @@ def check_database(store: Store) -> None:
                 select(schema.users.c.id).where(schema.users.c.is_admin.is_(True))
             ).first()
             conn.execute(select(schema.decisions.c.id).limit(1)).all()
+            conn.execute(select(schema.vm_templates.c.id).limit(1)).all()  # OpenNebula objects
     except SQLAlchemyError as exc:
         raise InvalidInput(
             f"cannot use the database {store!r} ({type(exc).__name__}): "

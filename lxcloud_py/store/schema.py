@@ -210,6 +210,37 @@ history = Table(
     Index("ix_history_object", "kind", "object_id"),
 )
 
+# -- OpenNebula objects (issue 18): VM templates, a VM's permissions, a host's own template ----
+#: ``one.template.*``: named VM templates, instantiated into VMs like ``one.vm.allocate``.
+vm_templates = Table(
+    "vm_templates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False),
+    Column("owner_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("template", LongText, nullable=False),  # OpenNebula syntax, without NAME
+    Column("permissions", Integer, nullable=False, default=0o600),  # OpenNebula's ugo bits
+    Column("created", Double, nullable=False),
+    UniqueConstraint("owner_id", "name", name="uq_vm_templates_owner_name"),
+)
+
+#: ``one.vm.chmod``: a VM's permission bits when they differ from the default (0o600).
+vm_permissions = Table(
+    "vm_permissions",
+    metadata,
+    Column("vm_id", Integer, ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True),
+    Column("permissions", Integer, nullable=False),
+)
+
+#: ``one.host.update``: the attributes operators set on a host (LABELS ...), OpenNebula syntax.
+host_templates = Table(
+    "host_templates",
+    metadata,
+    Column("host_id", Integer, ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
+    Column("template", LongText, nullable=False),
+    Column("updated", Double, nullable=False),
+)
+
 #: What the daemon's stages decided (placed, deployed, refilled, drained, backed off, ...), one
 #: row per decision, for `lxcloud status`; names, not foreign keys, so it outlives what it names.
 #: The monitor stage prunes it to the newest ``daemon.decisions_kept`` rows.
