@@ -250,7 +250,8 @@ class Settings:
         """The file's scheduler section with the declared keys resolved over it."""
         from dataclasses import replace
 
-        return replace(self.config.scheduler, **self.section("scheduler")).validate()
+        merged = replace(self.config.scheduler, **self.section("scheduler"))
+        return settings_from(merged.__dict__)
 
     def source_of(self, section: str, name: str) -> str:
         """Where a key of any section came from (declared or not)."""
