@@ -255,6 +255,6 @@ ec2_client_tokens = Table(
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
     Column("token", String(64), primary_key=True),
     Column("request_hash", String(64), nullable=False),  # the parameters it was first sent with
-    Column("vm_ids", String(4096), nullable=False),  # comma-separated, in launch order
+    Column("vm_ids", Text, nullable=False),  # comma-separated, in launch order
     Column("created", Double, nullable=False),
 )

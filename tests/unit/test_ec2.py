@@ -588,3 +588,38 @@ def test_schema_v2_database_gets_the_ec2_tables(db_url: str) -> None:
         assert conn.execute(select(schema.meta.c.value)).scalar_one() == "3"
         assert conn.execute(select(schema.ec2_tags)).all() == []
     store.drop_schema()
+
+
+def test_ec2_stage_in_the_daemon(store: Store, tmp_path: Path) -> None:
+    """The stage reads the config file's ``ec2`` section, listens, stops."""
+    from lxcloud_py.config import effective, load_config
+    from lxcloud_py.daemon.core import StageContext
+    from lxcloud_py.daemon.registry import check_stages, stage_class
+
+    users.ensure_admin(store, "pw")
+    conf = tmp_path / "lxcloud.yml"
+    conf.write_text(
+        json.dumps({"ec2": {"listen": "127.0.0.1:0", "region": "site-9",
+                            "key_file": str(tmp_path / "k")}})
+    )  # fmt: skip
+    settings = effective(load_config(conf), environ={})
+    assert check_stages(["api", "ec2"]) == ["api", "ec2"]
+    stage = stage_class("ec2")(StageContext(store, settings))
+    stage.start()
+    try:
+        k = keys.create(store, keys.load_server_key(tmp_path / "k"), "oneadmin")
+        c = boto3.client(
+            "ec2",
+            endpoint_url=stage.server.url,
+            region_name="site-9",
+            aws_access_key_id=k.access_key_id,
+            aws_secret_access_key=k.secret,
+        )
+        assert [z["ZoneName"] for z in c.describe_availability_zones()["AvailabilityZones"]] == [
+            "site-9a"
+        ]
+    finally:
+        stage.request_stop()
+        assert stage.join(10)
+        stage.close()
+    assert not stage.alive()
