@@ -192,6 +192,13 @@ def test_boto3_run_describe_terminate(cloud: Cloud) -> None:
         Filters=[{"Name": "instance-state-name", "Values": ["terminated"]}]
     )
     assert sorted(_ids(gone)) == sorted(ids[:2])
+    # terminated an hour ago: listed only when asked for by id
+    with cloud.store.transaction() as conn:
+        conn.execute(
+            update(schema.vms).where(schema.vms.c.id == _vm(ids[1])).values(ended=now() - 7200)
+        )
+    assert ids[1] not in _ids(ec2.describe_instances())
+    assert _ids(ec2.describe_instances(InstanceIds=[ids[1]])) == [ids[1]]
     # terminating again is fine, as in EC2
     again = ec2.terminate_instances(InstanceIds=[ids[0]])["TerminatingInstances"][0]
     assert again["CurrentState"]["Name"] == again["PreviousState"]["Name"] == "terminated"

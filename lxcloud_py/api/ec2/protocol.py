@@ -130,8 +130,8 @@ class Params:
 
 def element(parent: ET.Element, tag: str, text: object = None) -> ET.Element:
     e = ET.SubElement(parent, tag)
-    if text is not None:
-        e.text = str(text).lower() if isinstance(text, bool) else str(text)
+    if text is not None:  # characters XML 1.0 cannot carry become spaces
+        e.text = str(text).lower() if isinstance(text, bool) else _XML_BAD.sub(" ", str(text))
     return e
 
 
@@ -161,7 +161,7 @@ def error_reply(code: str, message: str, request_id: str) -> bytes:
     root = ET.Element("Response")
     err = element(element(root, "Errors"), "Error")
     element(err, "Code", code)
-    element(err, "Message", _XML_BAD.sub(" ", message))
+    element(err, "Message", message)
     element(root, "RequestID", request_id)
     return _document(root)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from lxcloud_py import images, template, vms
@@ -153,6 +153,19 @@ class Service:
                  ) -> list[dict[str, Any]]:
         return vms.list_vms(conn, owner_id=None if who.is_admin else who.user_id, state=-2,
                             ids=ids)
+
+    def _listed_ids(self, conn: Connection, who: Caller, after: int) -> list[int]:
+        """Ids of the caller's VMs above ``after`` that a listing shows: all but those DONE
+        more than :data:`TERMINATED_SHOWN` seconds ago (the query stays off old history)."""
+        stmt = (
+            select(_V.c.id)
+            .where(_V.c.id > after)
+            .where(or_(_V.c.state != int(A.DONE), _V.c.ended >= now() - TERMINATED_SHOWN))
+            .order_by(_V.c.id)
+        )
+        if not who.is_admin:
+            stmt = stmt.where(_V.c.owner_id == who.user_id)
+        return [int(i) for i in conn.execute(stmt).scalars()]
 
     def _requested(self, conn: Connection, who: Caller, params: Params) -> list[dict[str, Any]]:
         """The VMs of ``InstanceId.N``, all visible to the caller (else NotFound naming them)."""
@@ -348,13 +361,10 @@ class Service:
                            "The parameter instancesSet cannot be used with MaxResults")
         after = _after(p.get("NextToken"))
         with self.store.transaction() as conn:
-            rows = self._requested(conn, who, p) if explicit else self._visible(conn, who)
-            cutoff = now() - TERMINATED_SHOWN
-            rows = [
-                r for r in rows
-                if r["id"] > after and (explicit or r["state"] != A.DONE
-                                        or (r["ended"] or 0) >= cutoff)
-            ]
+            if explicit:
+                rows = [r for r in self._requested(conn, who, p) if r["id"] > after]
+            else:
+                rows = self._visible(conn, who, self._listed_ids(conn, who, after))
             tags = self._tags_of(conn, [r["id"] for r in rows])
             names = self._image_ids(conn)
             out = []
@@ -526,7 +536,7 @@ class Service:
         limit = p.integer("MaxResults", None, 5, 1000)
         after = _after(p.get("NextToken"))
         with self.store.transaction() as conn:
-            visible = [r["id"] for r in self._visible(conn, who) if r["id"] > after]
+            visible = self._listed_ids(conn, who, after)
             out: list[dict[str, Any]] = []
             token = None
             for vm_id, tags in sorted(self._tags_of(conn, visible).items()):
