@@ -417,6 +417,15 @@ def test_failures_throttled(cloud: Cloud) -> None:
     assert (good[0], _error(good[1])) == (503, "RequestLimitExceeded")
 
 
+def test_front_serves_get_and_post_at_the_root_only(cloud: Cloud) -> None:
+    assert _send(cloud.server.url + "other?" + BODY, method="GET")[0] == 404
+    assert _send(cloud.server.url, method="PUT")[0] == 405
+    req = _signed(cloud, "alice", BODY)
+    req.headers.replace_header("Content-Type", "text/plain")
+    status, text = _send(cloud.server.url, req)
+    assert (status, _error(text)) == (400, "InvalidParameterValue")
+
+
 def test_sigv4_query_string_form(cloud: Cloud) -> None:
     k = cloud.keys["alice"]
     req = AWSRequest("GET", cloud.server.url + "?" + BODY)
