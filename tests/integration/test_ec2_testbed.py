@@ -42,7 +42,9 @@ def test_aws_cli_run_instances_boots_a_vm(dfarm: Farm) -> None:
     daemon = Daemon(farm, "daemon", "api,monitor,scheduler,executor,ec2")
     conf = farm.work / "lxcloud.yml"
     data = json.loads(conf.read_text())
-    data["ec2"] = {"listen": f"127.0.0.1:{port}", "key_file": str(key_file)}
+    data["ec2"] = {"listen": f"127.0.0.1:{port}", "key_file": str(key_file),  # the farm's size
+                   "instance_types": {"lx.tiny": {"vcpu": 1, "memory_mb": 192}},
+                   "default_instance_type": "lx.tiny"}
     conf.write_text(json.dumps(data))
     out = farm.lxcloud("user", "key", "create", "oneadmin", "--key-file", key_file).stdout
     key_id = out.split("AccessKeyId:")[1].split()[0]
@@ -73,7 +75,7 @@ def test_aws_cli_run_instances_boots_a_vm(dfarm: Farm) -> None:
         wait_for("EC2 listener", lambda: _listening(port), 60, step=0.5)
         t0 = time.monotonic()
         made = ec2("run-instances", "--image-id", f"ami-{image_id:017x}", "--count", "1",
-                   "--instance-type", "t2.nano",
+                   "--instance-type", "lx.tiny",
                    "--tag-specifications", "ResourceType=instance,Tags=[{Key=test,Value=e2e}]")
         (inst,) = made["Instances"]
         iid, vm_id = inst["InstanceId"], int(inst["InstanceId"][2:], 16)
