@@ -24,7 +24,7 @@ Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,10 +248,8 @@ class Settings:
 
     def scheduler(self) -> SchedulerConfig:
         """The file's scheduler section with the declared keys resolved over it."""
-        from dataclasses import replace
-
-        merged = replace(self.config.scheduler, **self.section("scheduler"))
-        return settings_from(merged.__dict__)
+        # The declared keys are checked by their parsers, the rest came checked from the file.
+        return replace(self.config.scheduler, **self.section("scheduler"))
 
     def source_of(self, section: str, name: str) -> str:
         """Where a key of any section came from (declared or not)."""
