@@ -9,7 +9,8 @@ Idle and slow clients cost a file descriptor and a few kilobytes, never a worker
   ``max_request_bytes`` (``413``), announced by a Content-Length (``411`` without, ``400`` when
   malformed), identity-encoded (``415``);
 * a keep-alive connection idle for ``idle_timeout`` seconds is closed;
-* only ``POST /RPC2`` is served (``404`` otherwise); complete requests go to a pool of
+* only ``POST /RPC2`` is served by default (``404``/``405`` otherwise; the EC2 front serves
+  ``GET`` and ``POST /``); complete requests go to a pool of
   ``max_threads`` worker threads (each may hold a database connection), queued when all are busy.
 
 The XML is (un)marshalled with the standard library (:func:`lxcloud_py.api.server.marshaled`);
@@ -27,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 log = logging.getLogger("lxcloud.api.http")
 
@@ -57,8 +59,32 @@ def _response(status: int, body: bytes, content_type: str, keep_alive: bool) -> 
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
 
+@dataclass(frozen=True)
+class Request:
+    """A whole request as the front read it (header names lower-cased)."""
+
+    method: str
+    target: str  # path and query string as sent
+    headers: dict[str, str]
+    body: bytes
+    ip: str
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        return self.target.partition("?")[2]
+
+
 class HttpFront:
-    """Serves ``handle(body, client_ip) -> reply`` (run in a worker thread) at ``path``."""
+    """Serves ``handle(body, client_ip) -> reply`` (run in a worker thread) at ``path``.
+
+    A subclass may override :meth:`respond` to see the whole :class:`Request` and choose the
+    status and content type; ``methods`` are the HTTP methods served at ``path`` (a GET needs
+    no Content-Length).
+    """
 
     def __init__(
         self,
@@ -66,6 +92,7 @@ class HttpFront:
         handle: Callable[[bytes, str], bytes],
         *,
         path: str = "/RPC2",
+        methods: tuple[str, ...] = ("POST",),
         max_request_bytes: int,
         max_threads: int,
         request_deadline: float = 10.0,
@@ -76,6 +103,7 @@ class HttpFront:
     ) -> None:
         self.handle = handle
         self.path = path
+        self.methods = methods
         self.max_request_bytes = max_request_bytes
         self.request_deadline = request_deadline
         self.idle_timeout = idle_timeout
@@ -202,8 +230,8 @@ class HttpFront:
             return False
         deadline = time.monotonic() + self.request_deadline
         try:
-            status, message, body, keep = await asyncio.wait_for(
-                self._read_request(first, reader), self.request_deadline
+            request, keep = await asyncio.wait_for(
+                self._read_request(first, reader, ip), self.request_deadline
             )
         except TimeoutError:
             log.info("closed a connection from %s: request not complete in %g s",
@@ -220,15 +248,20 @@ class HttpFront:
             await asyncio.wait_for(writer.drain(), max(1.0, deadline - time.monotonic()))
             return False
         assert self._loop is not None
-        reply = await self._loop.run_in_executor(self.workers, self.handle, body, ip)
-        writer.write(_response(status, reply, "text/xml", keep))
+        status, reply, content_type = await self._loop.run_in_executor(
+            self.workers, self.respond, request
+        )
+        writer.write(_response(status, reply, content_type, keep))
         await asyncio.wait_for(writer.drain(), self.request_deadline)
-        del message
         return keep
 
+    def respond(self, request: Request) -> tuple[int, bytes, str]:
+        """(status, body, content type) for a whole request, in a worker thread."""
+        return 200, self.handle(request.body, request.ip), "text/xml"
+
     async def _read_request(
-        self, first: bytes, reader: asyncio.StreamReader
-    ) -> tuple[int, str, bytes, bool]:
+        self, first: bytes, reader: asyncio.StreamReader, ip: str
+    ) -> tuple[Request, bool]:
         try:
             head = first + await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
@@ -252,11 +285,16 @@ class HttpFront:
             if not sep:
                 raise _Refuse(400, "Bad header line")
             headers[name.strip().lower()] = value.strip()
-        if target != self.path:
+        # a query string only where GET is served (the XML-RPC path is exact)
+        if (target.partition("?")[0] if "GET" in self.methods else target) != self.path:
             raise _Refuse(404, "Not Found")
-        if method != "POST":
-            raise _Refuse(405, "Only POST")
+        if method not in self.methods:
+            raise _Refuse(405, "Only " + ", ".join(self.methods))
         raw = headers.get("content-length")
+        if raw is None and method == "GET" and "chunked" not in headers.get(
+            "transfer-encoding", ""
+        ).lower():
+            raw = "0"
         if raw is None:
             raise _Refuse(411, "Length Required")
         if not raw.isascii() or not raw.isdigit():
@@ -271,4 +309,4 @@ class HttpFront:
         body = await reader.readexactly(length)
         conn = headers.get("connection", "").lower()
         keep = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
-        return 200, method, body, keep
+        return Request(method, target, headers, body, ip), keep

@@ -41,6 +41,8 @@ STAGES: dict[str, StageInfo] = {
             "lxcloud_py.daemon.executor",
         ),
         StageInfo("pools", "refills and drains the provisioning pools", "lxcloud_py.daemon.pools"),
+        StageInfo("ec2", "the EC2 Query API (config section ec2, default port 4567)",
+                  "lxcloud_py.api.ec2.stage"),
         StageInfo(
             "reconciler",
             "NOT IMPLEMENTED YET (issue 12): compares the DB with libvirt, disks and leases",

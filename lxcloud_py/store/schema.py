@@ -32,8 +32,8 @@ LongText = Text().with_variant(MEDIUMTEXT(), "mysql")
 
 #: Bumped on every change to the tables; a database of another version is refused by
 #: :meth:`lxcloud_py.store.Store.create_schema` (version 2: pool policy columns, VM exit
-#: reasons and drain requests).
-SCHEMA_VERSION = 2
+#: reasons and drain requests; version 3: the EC2 API's access keys, tags and client tokens).
+SCHEMA_VERSION = 3
 
 meta = Table(
     "lxcloud_meta",
@@ -195,6 +195,7 @@ MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
         ),
         *(("vms", c) for c in ("exit_code", "exit_message", "exit_time", "drain_requested")),
     ),
+    3: (),  # new tables only (ec2_keys, ec2_tags, ec2_client_tokens)
 }
 
 history = Table(
@@ -257,4 +258,34 @@ decisions = Table(
     Column("pool", String(64), nullable=True),
     Column("message", String(1024), nullable=True),
     Index("ix_decisions_ts", "ts"),
+)
+
+# -- the EC2 Query API (lxcloud_py/api/ec2, docs/ec2.md) ------------------------------------------
+ec2_keys = Table(
+    "ec2_keys",
+    metadata,
+    Column("access_key_id", String(20), primary_key=True),  # AKIA + 16 base32 characters
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # the secret, AES-GCM encrypted with the server's key file (SigV4 needs the secret itself)
+    Column("secret_sealed", String(255), nullable=False),
+    Column("created", Double, nullable=False),
+    Index("ix_ec2_keys_user", "user_id"),
+)
+
+ec2_tags = Table(
+    "ec2_tags",
+    metadata,
+    Column("vm_id", Integer, ForeignKey("vms.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+ec2_client_tokens = Table(
+    "ec2_client_tokens",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("token", String(64), primary_key=True),
+    Column("request_hash", String(64), nullable=False),  # the parameters it was first sent with
+    Column("vm_ids", Text, nullable=False),  # comma-separated, in launch order
+    Column("created", Double, nullable=False),
 )

@@ -104,6 +104,8 @@ def test_a_request_is_answered_and_the_connection_kept(front: Front) -> None:
     [
         (request(path="/other"), 404),
         (request(method="GET"), 405),
+        (request(method="GET", length=False), 405),
+        (request(path="/RPC2?x=1"), 404),  # the XML-RPC path is exact (no query string)
         (request(length=False), 411),
         (request(headers={"Content-Length": "12x"}, length=False), 400),
         (request(headers={"Content-Length": "-1"}, length=False), 400),
