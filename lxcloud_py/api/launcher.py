@@ -26,7 +26,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServeProcess:
-    """``lxcloud --db DB serve --listen HOST:PORT [ARGS]`` with its output in ``log``."""
+    """``lxcloud --db DB serve --listen HOST:PORT [ARGS]`` with its output in ``log``.
+
+    Without ``--stages`` in ``args`` it runs the API and the host monitor only (the callers
+    that want the daemon's other stages say so)."""
 
     def __init__(
         self,
@@ -49,8 +52,9 @@ class ServeProcess:
 
     def start(self, timeout: float = 30) -> ServeProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - open as long as the server runs
+        stages = [] if "--stages" in self.args else ["--stages", "api,monitor"]
         argv = [sys.executable, "-m", "lxcloud_py", "--db", self.db, "serve",
-                "--listen", f"{self.host}:{self.port}", *self.args]  # fmt: skip
+                "--listen", f"{self.host}:{self.port}", *stages, *self.args]  # fmt: skip
         self.proc = subprocess.Popen(argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

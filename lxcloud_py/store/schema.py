@@ -209,3 +209,21 @@ history = Table(
     Column("message", String(1024), nullable=True),
     Index("ix_history_object", "kind", "object_id"),
 )
+
+#: What the daemon's stages decided (placed, deployed, refilled, drained, backed off, ...), one
+#: row per decision, for `lxcloud status`; names, not foreign keys, so it outlives what it names.
+#: The monitor stage prunes it to the newest ``daemon.decisions_kept`` rows.
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Double, nullable=False),
+    Column("stage", String(16), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("ok", Boolean, nullable=False, default=True),
+    Column("vm_id", Integer, nullable=True),
+    Column("host", String(64), nullable=True),
+    Column("pool", String(64), nullable=True),
+    Column("message", String(1024), nullable=True),
+    Index("ix_decisions_ts", "ts"),
+)

@@ -15,6 +15,7 @@ VMs use slirp on 10.213.9.0/24 (gateway .2, DNS .3; docs/context.md), so they re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -45,11 +46,12 @@ pytestmark = [pytest.mark.testbed, pytest.mark.libvirt, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 IMAGE_DIR = REPO / ".cache" / "test-image"
-HOSTS = ["lxh1", "lxh2"]
+PREFIX = os.environ.get("LXCLOUD_TESTBED_PREFIX") or "lxh"  # the testbed's host names
+HOSTS = [f"{PREFIX}1", f"{PREFIX}2"]
 NET = "10.213.9"  # the VMs' slirp subnet: must not contain the API's 10.213.0.1
 LEASES = {  # one lease per host: the two VMs land one on each
-    "lxh1": (f"{NET}.11", "52:54:00:d5:09:0b", "wn11.farm.test"),
-    "lxh2": (f"{NET}.12", "52:54:00:d5:09:0c", "wn12.farm.test"),
+    HOSTS[0]: (f"{NET}.11", "52:54:00:d5:09:0b", "wn11.farm.test"),
+    HOSTS[1]: (f"{NET}.12", "52:54:00:d5:09:0c", "wn12.farm.test"),
 }
 IMAGE = "lxfarm"
 DISKS = "/var/lib/lxcloud/disks"
@@ -75,9 +77,9 @@ def _run(argv: list[object], env: dict[str, str] | None = None, timeout: float =
 
 
 class Farm:
-    def __init__(self, tb: Testbed, work: Path) -> None:
+    def __init__(self, tb: Testbed, work: Path, db: str | None = None) -> None:
         self.tb, self.work = tb, work
-        self.db = f"sqlite:///{work / 'lxcloud.db'}"
+        self.db = db or f"sqlite:///{work / 'lxcloud.db'}"
         self.password = secrets.token_urlsafe(16)
         self.session = f"oneadmin:{self.password}"
         self.listen = tb.bridge_ip
@@ -136,20 +138,20 @@ def _clean_hosts(farm: Farm, ids: list[int]) -> None:
         farm.ssh(host, script, check=False)
 
 
-@pytest.fixture(scope="module")
-def farm(testbed_factory: Callable[[int], Testbed],
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    tb = testbed_factory(len(HOSTS))
-    work = tmp_path_factory.mktemp("farm")
+@contextlib.contextmanager
+def farm_on_testbed(tb: Testbed, work: Path, vm_ids: list[int],
+                    db: str | None = None) -> Iterator[Farm]:
+    """A started :class:`Farm`; afterwards the domains and files of VMs ``vm_ids``, the staged
+    image and what the hypervisor role installed in the shared root are removed."""
     installed_before = any(os.path.lexists(p) for p in SHARED_FILES)
-    f = Farm(tb, work)
-    _clean_hosts(f, [1, 2, 3])
+    f = Farm(tb, work, db)
+    _clean_hosts(f, vm_ids)
     f.start()
     try:
         yield f
     finally:
         f.stop()
-        _clean_hosts(f, [1, 2, 3])
+        _clean_hosts(f, vm_ids)
         for h in HOSTS:
             f.ssh(h, f"rm -f /var/lib/lxcloud/images/{IMAGE}-* /etc/lxcloud/leases.csv",
                   check=False)
@@ -157,7 +159,15 @@ def farm(testbed_factory: Callable[[int], Testbed],
             subprocess.run(["update-rc.d", "-f", "lxcloud-register", "remove"],
                            capture_output=True, check=False)
             subprocess.run(["rm", "-rf", "--", *SHARED_FILES], check=False)
-        print(f"\nfarm figures: {json.dumps({k: round(v, 1) for k, v in FIGURES.items()})}")
+
+
+@pytest.fixture(scope="module")
+def farm(testbed_factory: Callable[[int], Testbed],
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    with farm_on_testbed(testbed_factory(len(HOSTS)), tmp_path_factory.mktemp("farm"),
+                         [1, 2, 3]) as f:
+        yield f
+    print(f"\nfarm figures: {json.dumps({k: round(v, 1) for k, v in FIGURES.items()})}")
 
 
 def wait_for(what: str, fn: Callable[[], object], timeout: float, step: float = 0.5) -> object:
@@ -175,16 +185,16 @@ def marker(farm: Farm, host: str, vm_id: int) -> str | None:
     return next((ln for ln in log.splitlines() if "LXCLOUD-BOOTED" in ln), None)
 
 
-def test_farm_requests_place_deploy_boot_self_terminate_cleanup(farm: Farm) -> None:
-    t_all = time.monotonic()
-    # -- leases first: the hosts read their allowed MACs from the control plane's lease table
+def prepare(farm: Farm, leases: list[tuple[str, str, str, str]], hosts: list[str]) -> str:
+    """Leases (ip, mac, name, host) imported, ``hosts`` registered by the hypervisors playbook,
+    the test golden image built, captured, registered and staged on them with the chain
+    strategy; returns the image version."""
     (farm.work / "leases.csv").write_text(
-        "ip,mac,name,host\n" + "".join(f"{ip},{mac},{name},{h}\n"
-                                       for h, (ip, mac, name) in LEASES.items()))
+        "ip,mac,name,host\n" + "".join(f"{ip},{mac},{name},{h}\n" for ip, mac, name, h in leases))
     farm.lxcloud("lease", "import", farm.work / "leases.csv")
 
     # -- hosts register through the API (the hypervisor role)
-    for h in HOSTS:  # a local lease file would override the control plane's lease table
+    for h in hosts:  # a local lease file would override the control plane's lease table
         farm.ssh(h, "rm -f /etc/lxcloud/leases.csv")
     vars_file = farm.work / "hv-vars.json"
     vars_file.write_text(json.dumps({"lxcloud_api_url": farm.url,
@@ -193,11 +203,11 @@ def test_farm_requests_place_deploy_boot_self_terminate_cleanup(farm: Farm) -> N
     vars_file.chmod(0o600)
     t0 = time.monotonic()
     _run([BIN / "ansible-playbook", "-i", farm.tb.inventory, "-e", f"@{vars_file}",
-          "--limit", ",".join(HOSTS), REPO / "playbooks" / "hypervisors.yml"],
+          "--limit", ",".join(hosts), REPO / "playbooks" / "hypervisors.yml"],
          env=farm.env, timeout=600)
     FIGURES["hypervisors_playbook_s"] = time.monotonic() - t0
     out = farm.lxcloud("host", "list").stdout
-    for h in HOSTS:
+    for h in hosts:
         assert re.search(rf"\b{h}\b", out), out
 
     # -- the golden image: build, capture, register, stage with the chain strategy
@@ -208,11 +218,34 @@ def test_farm_requests_place_deploy_boot_self_terminate_cleanup(farm: Farm) -> N
     register_image(api_params(farm.url, farm.session), meta)
     t0 = time.monotonic()
     res = farm.lxcloud("image", "stage", IMAGE, "--version", version, "--strategy", "chain",
-                       "--inventory", farm.tb.inventory, "--limit", ",".join(HOSTS),
+                       "--inventory", farm.tb.inventory, "--limit", ",".join(hosts),
                        "--repo", repo, "--api-url", farm.url, "--quiet", "--port",
                        str(free_port("127.0.0.1")))
     FIGURES["stage_chain_s"] = time.monotonic() - t0
-    assert f"{len(HOSTS)}/{len(HOSTS)} hosts hold the verified image" in res.stdout, res.stdout
+    assert f"{len(hosts)}/{len(hosts)} hosts hold the verified image" in res.stdout, res.stdout
+    return version
+
+
+def deploy_vars() -> dict[str, object]:
+    """Playbook variables for VMs on the testbed: slirp networking, the test image's kernel."""
+    return {
+        "lxcloud_vm_network": "user",
+        "lxcloud_vm_user_subnet": {"address": f"{NET}.0", "prefix": 24},
+        "lxcloud_vm_gateway": f"{NET}.2",
+        "lxcloud_vm_dns": f"{NET}.3",
+        "lxcloud_vm_kernel": str(IMAGE_DIR / "vmlinuz"),
+        "lxcloud_vm_initrd": str(IMAGE_DIR / "initrd.img"),
+        "lxcloud_vm_cmdline": "console=ttyS0 root=/dev/vda rootfstype=ext4 quiet",
+    }
+
+
+def write_deploy_vars(farm: Farm) -> None:
+    (farm.work / "deploy-vars.yml").write_text(json.dumps(deploy_vars()))
+
+
+def test_farm_requests_place_deploy_boot_self_terminate_cleanup(farm: Farm) -> None:
+    t_all = time.monotonic()
+    version = prepare(farm, [(*LEASES[h], h) for h in HOSTS], HOSTS)
 
     # -- two requests, one short-lived; one scheduling cycle places them, one per host
     tpl = ('NAME = "{name}"\nCPU = 1\nVCPU = 1\nMEMORY = 256\nDISK = [ IMAGE = "' + IMAGE
@@ -229,19 +262,11 @@ def test_farm_requests_place_deploy_boot_self_terminate_cleanup(farm: Farm) -> N
         assert v["lease"]["ip"] == LEASES[v["host"]["name"]][0]
 
     # -- deploy: both RUNNING, both boot with their context
-    (farm.work / "deploy-vars.yml").write_text(json.dumps({
-        "lxcloud_vm_network": "user",
-        "lxcloud_vm_user_subnet": {"address": f"{NET}.0", "prefix": 24},
-        "lxcloud_vm_gateway": f"{NET}.2",
-        "lxcloud_vm_dns": f"{NET}.3",
-        "lxcloud_vm_kernel": str(IMAGE_DIR / "vmlinuz"),
-        "lxcloud_vm_initrd": str(IMAGE_DIR / "initrd.img"),
-        "lxcloud_vm_cmdline": "console=ttyS0 root=/dev/vda rootfstype=ext4 quiet",
-    }))
+    write_deploy_vars(farm)
     out, FIGURES["deploy_2_vms_s"] = farm.deploy()
     t_deployed = time.monotonic()
     for i in (long_id, short_id):
-        assert re.search(rf"^\s*{i}\s+batch-\w+\s+lxh\d\s+deploy\s+RUNNING\b", out, re.M), out
+        assert re.search(rf"^\s*{i}\s+batch-\w+\s+{PREFIX}\d\s+deploy\s+RUNNING\b", out, re.M), out
         v = farm.vm(i)
         assert (v["state"], v["lcm_state"]) == (VMState.ACTIVE, LCMState.RUNNING), v
         assert v["started"] and v["deadline"] == pytest.approx(v["started"] + v["lifetime"])

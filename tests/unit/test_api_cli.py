@@ -61,7 +61,8 @@ def test_serve_answers_and_stops_gracefully(sqlite_url: str, sig: signal.Signals
     assert main(["--db", sqlite_url, "db", "init", "--admin-password", "pw"]) == 0
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lxcloud_py", "serve", "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "lxcloud_py", "serve", "--listen", f"127.0.0.1:{port}",
+         "--stages", "api,monitor"],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -107,5 +108,6 @@ def test_serve_refuses_bad_settings(
 def test_serve_refuses_an_uninitialised_database(
     sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["--db", sqlite_url, "serve", "--listen", "127.0.0.1:0"]) == 1
+    argv = ["--db", sqlite_url, "serve", "--listen", "127.0.0.1:0", "--stages", "api"]
+    assert main(argv) == 1
     assert "lxcloud db init" in capsys.readouterr().err

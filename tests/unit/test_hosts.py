@@ -10,7 +10,10 @@ import pytest
 from sqlalchemy import select, update
 
 from lxcloud_py import hosts, images
-from lxcloud_py.cli.serve import monitor_loop
+from lxcloud_py.config import Config, effective
+from lxcloud_py.daemon import StageContext
+from lxcloud_py.daemon.decisions import latest
+from lxcloud_py.daemon.monitor import MonitorStage
 from lxcloud_py.model import Conflict, HostState, InvalidInput, NotFound
 from lxcloud_py.store import Store, schema
 
@@ -104,18 +107,19 @@ def test_monitor_thread_marks_silent_hosts(store: Store) -> None:
         conn.execute(
             update(schema.hosts).where(schema.hosts.c.id == hid).values(last_seen=time.time() - 10)
         )
-    stop = threading.Event()
-    thread = threading.Thread(target=monitor_loop, args=(store, 0.05, 2, stop))
-    thread.start()
+    settings = effective(Config(), {"monitor_interval": "0.05", "missed_intervals": "2"}, {})
+    stage = MonitorStage(StageContext(store, settings))
+    stage.start()
     try:
         deadline = time.monotonic() + 5
         while host_row(store, "hv1")["state"] != HostState.ERROR:
             assert time.monotonic() < deadline, "the monitor did not mark the host"
             time.sleep(0.05)
     finally:
-        stop.set()
-        thread.join(5)
-    assert not thread.is_alive()
+        stage.request_stop()
+        assert stage.join(5)
+    (decision,) = latest(store)
+    assert (decision["action"], decision["host"], decision["ok"]) == ("host error", "hv1", False)
 
 
 def test_operator_states_survive_reports(store: Store) -> None:
