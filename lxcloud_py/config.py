@@ -24,7 +24,7 @@ Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +126,9 @@ def _name_list(value: Any) -> list[str]:
 
 
 def _bool(value: Any) -> bool:
-    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on"):
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
         return True
-    if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off"):
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
         return False
     if not isinstance(value, bool):
         raise ValueError("must be true or false")
@@ -197,6 +197,10 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between pool manager cycles (refill, drain, backoff)"),
     Setting("daemon.reconcile_interval", "--reconcile-interval", _positive_number, 60.0,
             "seconds between reconciler cycles (observe the hosts, repair)", "RECONCILE_INTERVAL"),
+    Setting("daemon.pools_file", "--pools-file", _text_or_null, None,
+            "pools YAML (as `lxcloud pool apply` reads) applied at start and on SIGHUP"),
+    Setting("daemon.pools_prune", "--pools-prune", _bool, False,
+            "with pools_file: pools the file does not declare drain and go (apply --prune)"),
     Setting("daemon.shutdown_timeout", "--shutdown-timeout", _positive_number, 300.0,
             "on SIGTERM, seconds to let jobs in flight finish before cancelling them"),
     Setting("daemon.decisions_kept", "--decisions-kept", _positive_int, 10000,
@@ -269,9 +273,8 @@ class Settings:
 
     def scheduler(self) -> SchedulerConfig:
         """The file's scheduler section with the declared keys resolved over it."""
-        from dataclasses import replace
-
-        return replace(self.config.scheduler, **self.section("scheduler")).validate()
+        # The declared keys are checked by their parsers, the rest came checked from the file.
+        return replace(self.config.scheduler, **self.section("scheduler"))
 
     def source_of(self, section: str, name: str) -> str:
         """Where a key of any section came from (declared or not)."""

@@ -51,7 +51,6 @@ def resolve(args: argparse.Namespace) -> Settings:
     """Load the config file and resolve the settings over it (again on SIGHUP)."""
     settings = effective(load_config(args.config), args)
     settings.values["daemon.stages"] = check_stages(settings["daemon.stages"])
-    settings.scheduler()  # validates the scheduler keys with the file's
     if "api" in settings["daemon.stages"]:
         parse_listen(str(settings["api.listen"]))
     return settings

@@ -2,14 +2,19 @@
 
 :class:`lxcloud_py.pools.PoolManager` decides and applies refills, drains and backoffs, each as
 its own transaction (the count and the creation in one), and returns its decisions; this stage
-logs and stores them. SIGHUP makes a fresh manager (pools are re-read every cycle anyway).
+logs and stores them.
+
+With ``daemon.pools_file`` the stage makes the database's pools match that YAML file (as
+``lxcloud pool apply FILE`` does, ``--prune`` with ``daemon.pools_prune``) when it starts and on
+every SIGHUP; a file with an error is refused whole (at start: the daemon does not start; on
+SIGHUP: logged, the pools stay as they were). Pools set by other means are re-read every cycle.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pathlib import Path
 
+from lxcloud_py import pools
 from lxcloud_py.config import Settings
 from lxcloud_py.model import InvalidInput
 
@@ -27,12 +32,24 @@ ACTIONS = {
 }
 
 
-def _manager(ctx: StageContext) -> Any:
-    try:
-        module = importlib.import_module("lxcloud_py.pools")
-    except ImportError as exc:
-        raise InvalidInput(f"pools stage: the pool manager is not available ({exc})") from None
-    return module.PoolManager(ctx.store)
+def _manager(ctx: StageContext, settings: Settings) -> pools.PoolManager:
+    """A pool manager, after applying ``daemon.pools_file`` if one is set."""
+    path = settings["daemon.pools_file"]
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise InvalidInput(f"daemon.pools_file {path!r}: {exc.strerror or exc}") from None
+        specs = pools.parse_pool_file(path, text)
+        plan = pools.apply_specs(ctx.store, specs, prune=bool(settings["daemon.pools_prune"]))
+        ctx.decide(
+            [
+                Decision("pools", f"pool {c.action}", pool=c.pool, message="; ".join(c.details))
+                for c in plan
+                if c.action != "unchanged"
+            ]
+        )
+    return pools.PoolManager(ctx.store)
 
 
 class PoolsStage(PeriodicStage):
@@ -40,13 +57,13 @@ class PoolsStage(PeriodicStage):
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
-        self.manager = _manager(ctx)
+        self.manager = _manager(ctx, ctx.settings)
 
     def interval(self) -> float:
         return float(self.ctx.settings["daemon.pools_interval"])
 
     def apply(self, settings: Settings) -> None:
-        self.manager = _manager(self.ctx)
+        self.manager = _manager(self.ctx, settings)
         self.ctx.settings = settings
 
     def cycle(self) -> None:

@@ -263,3 +263,82 @@ def test_daemon_survives_sigkill_mid_rollout_and_sigterm_finishes_the_job(dfarm:
         f"\ndaemon figures ({farm.store.backend}): "
         f"{json.dumps({k: round(v, 1) for k, v in figures.items()})}"
     )
+
+
+def pool_vms(farm: Farm) -> dict[int, tuple[int, int]]:
+    with farm.store.transaction() as conn:
+        rows = conn.execute(
+            select(schema.vms.c.id, schema.vms.c.state, schema.vms.c.lcm_state)
+            .join(schema.pools, schema.pools.c.id == schema.vms.c.pool_id)
+            .where(schema.pools.c.name == "batch")
+        ).all()
+    return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+
+def running_domains(farm: Farm) -> set[str]:
+    out = set()
+    for h in HOSTS:
+        out |= {d for d in farm.ssh(h, ["virsh", "list", "--name"]).split() if d.startswith("one-")}
+    return out
+
+
+@pytest.mark.parametrize("dfarm", ["sqlite"], indirect=True)
+def test_serve_converges_a_pool_with_no_other_command(dfarm: Farm) -> None:
+    """The issue's "done when": `lxcloud serve` (all stages) and `lxcloud pool set` only."""
+    farm, figures = dfarm, {}
+    running = (VMState.ACTIVE, LCMState.RUNNING)
+    farm.server.stop()
+    daemon = Daemon(farm, "daemon", "api,monitor,scheduler,executor,pools").start()
+    tpl = farm.work / "batch.tpl"
+    tpl.write_text(  # no NAME, no LIFETIME: the pool sets them
+        f'CPU = 0.25\nVCPU = 1\nMEMORY = 192\nDISK = [ IMAGE = "{IMAGE}" ]\n'
+        'CONTEXT = [ DRAIN_CHECK_INTERVAL = "1" ]\n'
+    )
+    try:
+        t0 = time.monotonic()
+        farm.lxcloud(
+            "pool", "set", "batch", "--template", tpl, "--count", "3", "--lifetime", "3600"
+        )
+
+        def converged(n: int) -> bool:
+            vms = pool_vms(farm)
+            live = {i for i, s in vms.items() if s[0] != VMState.DONE}
+            return (len(live) == n and all(vms[i] == running for i in live)
+                    and running_domains(farm) == {f"one-{i}" for i in live})  # fmt: skip
+
+        wait_for("3 RUNNING VMs with running domains", lambda: converged(3), 240, step=1)
+        figures["pool_set_3_to_running_s"] = time.monotonic() - t0
+        assert len(pool_vms(farm)) == 3
+        assert_accounted_for(farm)
+        status = json.loads(farm.lxcloud("status", "--json").stdout)
+        (batch,) = status["pools"]
+        assert (batch["target"], batch["active"], batch["pending"]) == (3, 3, 0)
+        assert {d["action"] for d in status["decisions"]} >= {"refilled", "placed", "deployed"}
+
+        # -- lowering to 1: the two newest end themselves (drain), none is created
+        t0 = time.monotonic()
+        farm.lxcloud("pool", "set", "batch", "--count", "1")
+        wait_for("1 VM left", lambda: converged(1), 180, step=1)
+        figures["pool_set_1_drained_s"] = time.monotonic() - t0
+        vms = pool_vms(farm)
+        assert len(vms) == 3, vms  # none created
+        assert [i for i, s in vms.items() if s == running] == [min(vms)]  # the oldest stays
+        assert_accounted_for(farm)
+
+        # -- raising to 4: exactly 3 more
+        t0 = time.monotonic()
+        farm.lxcloud("pool", "set", "batch", "--count", "4")
+        wait_for("4 RUNNING VMs", lambda: converged(4), 240, step=1)
+        figures["pool_set_4_to_running_s"] = time.monotonic() - t0
+        time.sleep(3)  # a few more cycles: still exactly 3 more
+        assert len(pool_vms(farm)) == 6
+        assert_accounted_for(farm)
+        print(farm.lxcloud("status").stdout)
+
+        # -- down to 0, hard: every VM terminated and cleaned up
+        farm.lxcloud("pool", "set", "batch", "--count", "0", "--hard")
+        wait_for("pool empty", lambda: converged(0), 120, step=1)
+        assert_accounted_for(farm)
+    finally:
+        daemon.proc.stop()
+    print(f"\npool figures: {json.dumps({k: round(v, 1) for k, v in figures.items()})}")

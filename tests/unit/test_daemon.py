@@ -362,3 +362,41 @@ def test_status_shows_hosts_pools_decisions_errors(
         assert part in text
     assert main(["--db", store.url, "status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pools"][0]["name"] == "batch"
+
+
+def test_pools_file_is_applied_at_start_and_on_reload(store: Store, tmp_path: Path) -> None:
+    with store.transaction() as conn:
+        rows.user(conn)
+    path = tmp_path / "pools.yml"
+    entry = "  - {{name: {}, image: slc5-batch, cpu: 0.5, target: {}}}\n"
+    path.write_text("pools:\n" + entry.format("batch", 2) + entry.format("service", 1))
+    stage = PoolsStage(StageContext(store, settings(pools_file=str(path))))
+    assert [(d["action"], d["pool"]) for d in latest(store)] == [
+        ("pool create", "service"), ("pool create", "batch")]  # fmt: skip
+    # SIGHUP: the file changed; with prune, the pool it no longer declares goes
+    path.write_text("pools:\n" + entry.format("batch", 3))
+    stage.apply(settings(pools_file=str(path), pools_prune="yes"))
+    with store.transaction() as conn:
+        assert {p["name"]: p["target"] for p in pools.list_pools(conn)} == {"batch": 3}
+    assert [(d["action"], d["pool"]) for d in latest(store)[:2]] == [
+        ("pool delete", "service"), ("pool update", "batch")]  # fmt: skip
+    # a broken file is refused whole, the pools stay
+    path.write_text("pools:\n  - {name: batch, target: -1}\n")
+    with pytest.raises(InvalidInput, match=r"pools\.yml:2"):
+        stage.apply(settings(pools_file=str(path)))
+    with store.transaction() as conn:
+        assert {p["name"]: p["target"] for p in pools.list_pools(conn)} == {"batch": 3}
+
+
+def test_status_watch_redraws_until_interrupted(sqlite_url: str) -> None:
+    Store(sqlite_url).create_schema()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lxcloud_py", "--db", sqlite_url, "status", "--watch", "0.2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert out.count("lxcloud status at") >= 3  # not a terminal: one snapshot after another
+    assert main(["--db", sqlite_url, "status", "--watch", "0"]) == 1
