@@ -250,9 +250,11 @@ def transition(name: str) -> tuple[Full, Full]:
 
 def transitions_of(actor: Actor) -> dict[str, tuple[Full, Full]]:
     """``{name: (from, to)}`` of the one-source transitions only ``actor`` triggers."""
+    rules = [r for r in RULES if r.actors == frozenset({actor})]
     return {
         r.name: transition(r.name)
-        for r in RULES
-        if r.actors == frozenset({actor}) and r.effect is Effect.MOVE
+        for r in rules
+        if r.effect is Effect.MOVE and (r.lcms is None or len(r.lcms) == 1)
+        and sum(x.name == r.name for x in rules) == 1
     }
 

@@ -43,8 +43,8 @@ STAGES: dict[str, StageInfo] = {
         StageInfo("pools", "refills and drains the provisioning pools", "lxcloud_py.daemon.pools"),
         StageInfo(
             "reconciler",
-            "NOT IMPLEMENTED YET (issue 12): compares the DB with libvirt, disks and leases",
-            None,
+            "compares the DB with libvirt, disks and leases; repairs (every reconcile_interval)",
+            "lxcloud_py.daemon.reconciler",
         ),
     )
 }

@@ -144,3 +144,18 @@ class Reconciler:
     def cancel(self) -> None:
         if self.runner is not None:
             self.runner.cancel()
+
+
+def from_settings(store: Store, settings: Any) -> Reconciler:
+    """A reconciler from resolved settings (:class:`lxcloud_py.config.Settings`): the
+    ``reconcile`` section, and the executor's inventory, runtime dir, forks and ``vars`` (the
+    same hosts and variables the deploys use). Without an inventory nothing is observed: only
+    the database rules run (leases, lifetimes, stuck deploys, silent hosts)."""
+    cfg = ReconcileSettings.from_values(settings.section("reconcile"))
+    ex = settings.section("executor")
+    variables = dict(settings.config.section("executor").get("vars") or {})
+    runner = None
+    if ex.get("inventory"):
+        runner = PlaybookRunner(str(ex["inventory"]), ex.get("runtime_dir"),
+                                forks=int(ex.get("forks") or 50), timeout=cfg.probe_timeout)
+    return Reconciler(store, runner, cfg, variables)

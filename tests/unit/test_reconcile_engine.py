@@ -99,3 +99,37 @@ def test_unreachable_host_vms_left_alone(store: Store, tmp_path: Path) -> None:
     rec = Reconciler(store, Hosts({}), ReconcileSettings())  # type: ignore[arg-type]
     assert rec.run_once() == []
     assert all(vm(store, i)["lcm_state"] == LCMState.RUNNING for i in ids)
+
+
+def test_cli_dry_run_table_and_stage_decisions(
+    store: Store, tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    from lxcloud_py.cli import main
+    from lxcloud_py.config import effective, load_config
+    from lxcloud_py.daemon.core import StageContext
+    from lxcloud_py.daemon.reconciler import ReconcilerStage
+    from lxcloud_py.store import schema
+
+    monkeypatch.delenv("LXCLOUD_CONFIG", raising=False)
+    monkeypatch.delenv("LXCLOUD_INVENTORY", raising=False)
+    f = farm(store, tmp_path)
+    (a,) = request(store, f, 1)
+    executor(store, ScriptedRun()).deploy([a])
+    from sqlalchemy import update
+    with store.transaction() as conn:  # its lifetime ended long ago and it did not end itself
+        conn.execute(update(schema.vms).where(schema.vms.c.id == a).values(deadline=1.0))
+    url = store.engine.url.render_as_string(hide_password=False)
+    assert main(["--db", url, "reconcile", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "lifetime" in out and "terminate" in out and "planned" in out
+    assert vm(store, a)["lcm_state"] == LCMState.RUNNING
+    assert main(["--db", url, "reconcile", "--lifetime-grace", "nope"]) == 1
+    assert "reconcile.lifetime_grace" in capsys.readouterr().err
+
+    stage = ReconcilerStage(StageContext(store, effective(load_config(None), {}, {})))
+    stage.cycle()
+    assert vm(store, a)["lcm_state"] == LCMState.SHUTDOWN
+    with store.transaction() as conn:
+        rows = conn.execute(schema.decisions.select()).all()
+    assert [(r.stage, r.action, r.vm_id, r.ok) for r in rows] == [
+        ("reconciler", "lifetime applied", a, True)]
