@@ -135,6 +135,12 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _poweroff_policy(value: Any) -> str:
+    if value not in ("end", "restart", "keep"):
+        raise ValueError("must be end, restart or keep")
+    return str(value)
+
+
 def _log_format(value: Any) -> str:
     if value not in ("text", "json"):
         raise ValueError("must be text or json")
@@ -189,6 +195,8 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between executor passes (deploy PROLOG, destroy SHUTDOWN)"),
     Setting("daemon.pools_interval", "--pools-interval", _positive_number, 10.0,
             "seconds between pool manager cycles (refill, drain, backoff)"),
+    Setting("daemon.reconcile_interval", "--reconcile-interval", _positive_number, 60.0,
+            "seconds between reconciler cycles (observe the hosts, repair)", "RECONCILE_INTERVAL"),
     Setting("daemon.pools_file", "--pools-file", _text_or_null, None,
             "pools YAML (as `lxcloud pool apply` reads) applied at start and on SIGHUP"),
     Setting("daemon.pools_prune", "--pools-prune", _bool, False,
@@ -224,10 +232,27 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds per playbook run (null: none)"),
     Setting("executor.disk_backend", "--disk-backend", _text_or_null, None,
             "clone backend for VM disks (null: the hosts' own)"),
+    Setting("reconcile.grace", "--reconcile-grace", _positive_number, 300.0,
+            "seconds a VM whose domain vanished stays UNKNOWN before FAILED (DONE if its "
+            "lifetime was over)"),
+    Setting("reconcile.orphan_grace", "--orphan-grace", _positive_number, 600.0,
+            "age in seconds of a clone/context file without a live VM before it is removed"),
+    Setting("reconcile.deploy_timeout", "--deploy-timeout", _positive_number, 900.0,
+            "seconds a VM may stay in PROLOG/BOOT before its deploy is retried"),
+    Setting("reconcile.deploy_retries", "--deploy-retries", _positive_int, 2,
+            "deploy retries before a VM stuck or failed in PROLOG/BOOT is FAILED"),
+    Setting("reconcile.lifetime_grace", "--lifetime-grace", _positive_number, 600.0,
+            "seconds past its LIFETIME after which a VM that did not end itself is terminated"),
+    Setting("reconcile.destroy_strays", "--destroy-strays", _bool, False,
+            "destroy domains named like lxcloud's (one-ID) that no live VM owns (else: report)"),
+    Setting("reconcile.poweroff_policy", "--poweroff-policy", _poweroff_policy, "end",
+            "a pool VM whose domain shut off by itself: end (terminate), restart or keep"),
+    Setting("reconcile.probe_timeout", "--probe-timeout", _positive_int, 120,
+            "seconds for one observation or repair run over all hosts (per-host tasks: half)"),
 )  # fmt: skip
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 #: Sections whose every key is declared above: any other key in the file is an error.
-OWNED_SECTIONS = ("daemon", "api")
+OWNED_SECTIONS = ("daemon", "api", "reconcile")
 
 
 @dataclass

@@ -32,6 +32,15 @@ destroyed          executor                  ACTIVE/SHUTDOWN                  DO
 epilog_failure     executor                  ACTIVE/SHUTDOWN                  ACTIVE/EPILOG_FAIL.
 lost               reconciler                ACTIVE/RUNNING                   ACTIVE/UNKNOWN
 found              reconciler                ACTIVE/UNKNOWN                   ACTIVE/RUNNING
+stopped            reconciler                ACTIVE/RUNNING, ACTIVE/UNKNOWN   POWEROFF
+failed             reconciler                ACTIVE/PROLOG, BOOT, UNKNOWN,    FAILED, lease freed
+                                             PROLOG_FAILURE, BOOT_FAILURE
+gone               reconciler                ACTIVE/UNKNOWN                   DONE, lease freed
+retry              reconciler                ACTIVE/PROLOG                    (recorded)
+retry              reconciler                ACTIVE/BOOT, PROLOG_FAILURE,     ACTIVE/PROLOG
+                                             BOOT_FAILURE
+restart            reconciler                POWEROFF                         ACTIVE/PROLOG
+terminate[-hard]   reconciler                as for the pool manager          as above
 =================  ========================  ===============================  ==================
 
 ``user`` is the VM's owner or an admin calling the API; ``vm`` is the VM itself, calling with
@@ -92,8 +101,8 @@ class Rule:
 
     @property
     def ends(self) -> bool:
-        """The VM is DONE afterwards: ``ended`` is set and its lease is freed."""
-        return self.effect is Effect.MOVE and self.target[0] == VMState.DONE
+        """The VM is DONE (or FAILED) afterwards: ``ended`` is set and its lease is freed."""
+        return self.effect is Effect.MOVE and self.target[0] in (VMState.DONE, VMState.FAILED)
 
 
 A, L = VMState, LCMState
@@ -105,7 +114,7 @@ _PROLOG_FAILED: Full = (A.ACTIVE, L.PROLOG_FAILURE)
 _BOOT_FAILED: Full = (A.ACTIVE, L.BOOT_FAILURE)
 _EPILOG_FAILED: Full = (A.ACTIVE, L.EPILOG_FAILURE)
 _OWNER_OR_SELF = frozenset({Actor.USER, Actor.VM})
-_TERMINATORS = frozenset({Actor.USER, Actor.VM, Actor.POOLS})
+_TERMINATORS = frozenset({Actor.USER, Actor.VM, Actor.POOLS, Actor.RECONCILER})
 _USER = frozenset({Actor.USER})
 _EXECUTOR = frozenset({Actor.EXECUTOR})
 _RECONCILER = frozenset({Actor.RECONCILER})
@@ -138,6 +147,13 @@ DESTROYED = "destroyed"
 EPILOG_FAILURE = "epilog_failure"
 LOST = "lost"
 FOUND = "found"
+STOPPED = "stopped"
+FAILED = "failed"
+GONE = "gone"
+RETRY = "retry"
+RESTART = "restart"
+_FAILED: Full = (A.FAILED, L.LCM_INIT)
+_PROLOG: Full = (A.ACTIVE, L.PROLOG)
 
 RULES: tuple[Rule, ...] = (
     *_terminate(wire.TERMINATE),
@@ -158,7 +174,22 @@ RULES: tuple[Rule, ...] = (
     Rule(EPILOG_FAILURE, _EXECUTOR, A.ACTIVE, (L.SHUTDOWN,), Effect.MOVE, _EPILOG_FAILED),
     Rule(LOST, _RECONCILER, A.ACTIVE, (L.RUNNING,), Effect.MOVE, (A.ACTIVE, L.UNKNOWN)),
     Rule(FOUND, _RECONCILER, A.ACTIVE, (L.UNKNOWN,), Effect.MOVE, _RUNNING),
-)
+    Rule(
+        STOPPED, _RECONCILER, A.ACTIVE, (L.RUNNING, L.UNKNOWN), Effect.MOVE,
+        (A.POWEROFF, L.LCM_INIT),
+    ),
+    Rule(
+        FAILED, _RECONCILER, A.ACTIVE,
+        (L.PROLOG, L.BOOT, L.UNKNOWN, L.PROLOG_FAILURE, L.BOOT_FAILURE), Effect.MOVE, _FAILED,
+    ),
+    Rule(GONE, _RECONCILER, A.ACTIVE, (L.UNKNOWN,), Effect.MOVE, _DONE),
+    Rule(RETRY, _RECONCILER, A.ACTIVE, (L.PROLOG,), Effect.RECORD, _PROLOG),
+    Rule(
+        RETRY, _RECONCILER, A.ACTIVE, (L.BOOT, L.PROLOG_FAILURE, L.BOOT_FAILURE), Effect.MOVE,
+        _PROLOG,
+    ),
+    Rule(RESTART, _RECONCILER, A.POWEROFF, None, Effect.MOVE, _PROLOG),
+)  # fmt: skip
 
 #: Every transition's name, in table order.
 NAMES: tuple[str, ...] = tuple(dict.fromkeys(r.name for r in RULES))
@@ -219,9 +250,11 @@ def transition(name: str) -> tuple[Full, Full]:
 
 def transitions_of(actor: Actor) -> dict[str, tuple[Full, Full]]:
     """``{name: (from, to)}`` of the one-source transitions only ``actor`` triggers."""
+    rules = [r for r in RULES if r.actors == frozenset({actor})]
     return {
         r.name: transition(r.name)
-        for r in RULES
-        if r.actors == frozenset({actor}) and r.effect is Effect.MOVE
+        for r in rules
+        if r.effect is Effect.MOVE and (r.lcms is None or len(r.lcms) == 1)
+        and sum(x.name == r.name for x in rules) == 1
     }
 

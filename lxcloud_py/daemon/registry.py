@@ -45,8 +45,8 @@ STAGES: dict[str, StageInfo] = {
                   "lxcloud_py.api.ec2.stage"),
         StageInfo(
             "reconciler",
-            "NOT IMPLEMENTED YET (issue 12): compares the DB with libvirt, disks and leases",
-            None,
+            "compares the DB with libvirt, disks and leases; repairs (every reconcile_interval)",
+            "lxcloud_py.daemon.reconciler",
         ),
     )
 }

@@ -227,22 +227,21 @@ def test_stage_names_are_checked() -> None:
     assert check_stages(["api", "scheduler", "api"]) == ["api", "scheduler"]
     with pytest.raises(InvalidInput, match="unknown stage 'sheduler'"):
         check_stages(["sheduler"])
-    with pytest.raises(InvalidInput, match="'reconciler' is not implemented yet"):
-        check_stages(["api", "reconciler"])
+    assert check_stages(["api", "reconciler"]) == ["api", "reconciler"]
     with pytest.raises(InvalidInput, match="no stages"):
         check_stages([])
 
 
-def test_serve_help_names_every_stage_and_the_missing_reconciler(
+def test_serve_help_names_every_stage(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with pytest.raises(SystemExit) as done:
         main(["serve", "--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for name in ("api", "monitor", "scheduler", "executor", "pools"):
+    for name in ("api", "monitor", "scheduler", "executor", "pools", "reconciler"):
         assert f"\n  {name} " in out
-    assert "reconciler  NOT IMPLEMENTED YET" in out
+    assert "LXCLOUD_RECONCILE_INTERVAL; OpenNebula RECONCILE_INTERVAL" in " ".join(out.split())
     assert "LXCLOUD_SCHED_INTERVAL; OpenNebula SCHED_INTERVAL" in " ".join(out.split())
 
 
@@ -256,8 +255,8 @@ def test_serve_refuses_unknown_stages_and_an_executor_without_inventory(
     monkeypatch.delenv("LXCLOUD_CONFIG", raising=False)
     assert main(["--db", sqlite_url, "db", "init", "--admin-password", "pw"]) == 0
     argv = ["--db", sqlite_url, "serve", "--listen", "127.0.0.1:0"]
-    assert main([*argv, "--stages", "api,reconciler"]) == 1
-    assert "not implemented yet" in capsys.readouterr().err
+    assert main([*argv, "--stages", "api,reconciler", "--destroy-strays", "maybe"]) == 1
+    assert "reconcile.destroy_strays (flag --destroy-strays)" in capsys.readouterr().err
     assert main([*argv, "--stages", "executor"]) == 1
     assert "executor stage: no inventory" in capsys.readouterr().err
     # The default stages without an inventory: all but the executor, and it says so.

@@ -24,6 +24,9 @@ SD = (A.ACTIVE, L.SHUTDOWN)
 SDPO = (A.ACTIVE, L.SHUTDOWN_POWEROFF)
 DONE = (A.DONE, L.LCM_INIT)
 RUNNING = (A.ACTIVE, L.RUNNING)
+OFF = (A.POWEROFF, L.LCM_INIT)
+FAILED = (A.FAILED, L.LCM_INIT)
+PROLOG = (A.ACTIVE, L.PROLOG)
 
 #: name -> (actors, {start: (effect, result)}); a start not listed is a WrongState error.
 TERMINATE = {
@@ -47,8 +50,8 @@ U, V, S, E, R, P = (
     Actor.POOLS,
 )
 EXPECTED: dict[str, tuple[set[Actor], dict[str, tuple[Effect, tuple[VMState, LCMState]]]]] = {
-    "terminate": ({U, V, P}, TERMINATE),
-    "terminate-hard": ({U, V, P}, TERMINATE),
+    "terminate": ({U, V, P, R}, TERMINATE),
+    "terminate-hard": ({U, V, P, R}, TERMINATE),
     "poweroff": ({U, V}, POWEROFF),
     "poweroff-hard": ({U, V}, POWEROFF),
     "resume": ({U}, {"POWEROFF": (Effect.MOVE, (A.ACTIVE, L.BOOT_POWEROFF))}),
@@ -63,6 +66,13 @@ EXPECTED: dict[str, tuple[set[Actor], dict[str, tuple[Effect, tuple[VMState, LCM
     "epilog_failure": ({E}, {"SHUTDOWN": (Effect.MOVE, (A.ACTIVE, L.EPILOG_FAILURE))}),
     "lost": ({R}, {"RUNNING": (Effect.MOVE, (A.ACTIVE, L.UNKNOWN))}),
     "found": ({R}, {"UNKNOWN": (Effect.MOVE, RUNNING)}),
+    "stopped": ({R}, {"RUNNING": (Effect.MOVE, OFF), "UNKNOWN": (Effect.MOVE, OFF)}),
+    "failed": ({R}, {n: (Effect.MOVE, FAILED) for n in (
+        "PROLOG", "BOOT", "UNKNOWN", "PROLOG_FAILURE", "BOOT_FAILURE")}),
+    "gone": ({R}, {"UNKNOWN": (Effect.MOVE, DONE)}),
+    "retry": ({R}, {"PROLOG": (Effect.RECORD, PROLOG), **{n: (Effect.MOVE, PROLOG) for n in (
+        "BOOT", "PROLOG_FAILURE", "BOOT_FAILURE")}}),
+    "restart": ({R}, {"POWEROFF": (Effect.MOVE, PROLOG)}),
 }
 
 
@@ -87,7 +97,7 @@ def test_every_transition_by_every_actor_from_every_state(name: str, actor: Acto
             continue
         rule = lifecycle.decide(name, actor, state, lcm)
         assert (rule.effect, rule.target) == want, (name, start)
-        assert rule.ends == (want == (Effect.MOVE, DONE)), (name, start)
+        assert rule.ends == (want in ((Effect.MOVE, DONE), (Effect.MOVE, FAILED))), (name, start)
 
 
 def test_done_is_final() -> None:
@@ -109,6 +119,9 @@ def test_actions_by_actor() -> None:
         "terminate", "terminate-hard", "poweroff", "poweroff-hard"
     )
     assert lifecycle.actions_for(Actor.POOLS) == ("terminate", "terminate-hard")
+    assert lifecycle.actions_for(Actor.RECONCILER) == (
+        "terminate", "terminate-hard", "lost", "found", "stopped", "failed", "gone", "retry",
+        "restart")
     assert lifecycle.actions_for(Actor.SCHEDULER) == ("place",)
     for name, (actors, _) in EXPECTED.items():
         assert {a for a in Actor if lifecycle.may_trigger(a, name)} == actors, name
@@ -126,6 +139,8 @@ def test_one_source_transitions() -> None:
     assert lifecycle.transitions_of(Actor.RECONCILER) == {
         "lost": (RUNNING, (A.ACTIVE, L.UNKNOWN)),
         "found": ((A.ACTIVE, L.UNKNOWN), RUNNING),
+        "gone": ((A.ACTIVE, L.UNKNOWN), DONE),
+        "restart": (OFF, PROLOG),
     }
     with pytest.raises(ValueError, match="one source state"):
         lifecycle.transition("terminate")

@@ -48,6 +48,7 @@ def test_opennebula_names_map_onto_the_scheduler_section(tmp_path: Path) -> None
     names = {x.onename: x.key for x in SETTINGS if x.onename}
     assert names == {
         "SCHED_INTERVAL": "daemon.sched_interval",
+        "RECONCILE_INTERVAL": "daemon.reconcile_interval",
         "MAX_DISPATCH": "scheduler.max_placements_per_cycle",
         "MAX_HOST": "scheduler.dispatch_limit",
     }
