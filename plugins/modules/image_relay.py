@@ -12,7 +12,7 @@ DOCUMENTATION = r"""
 module: image_relay
 short_description: Receive a golden image on a hypervisor during a staging run
 description:
-  - The host side of C(lxcloud image stage): receives the compressed image into
+  - The host side of C(lxcloud image stage). Receives the compressed image into
     C(IMAGE_DIR/incoming/FILE) (C(FILE.part) while incomplete), verifies its sha256 on the
     host and renames it; on a mismatch or any failure nothing partial is left behind.
   - O(mode=relay) is a member of lxcloud's pipelined chain (listens on O(listen), writes what
