@@ -348,3 +348,34 @@ def test_progress_line_and_verdicts():
     assert rows["c"]["checksum"] == "MISMATCH"
     assert "(reported by b)" in p.table()
     assert p.pending() == []
+
+
+@pytest.mark.slow
+def test_relay_module_check_mode_and_bad_input(tmp_path: Path, image: tuple[Path, str]):
+    """lxcloud.cloud.image_relay through ansible: check mode receives nothing and reports a
+    change unless the verified file is there; bad input and an unreachable coordinator fail
+    with a message naming them."""
+    from test_staging import _module as module
+
+    def _module(args: dict, check: bool = False) -> dict:
+        return module(args, check, "lxcloud.cloud.image_relay")
+
+    src, sha = image
+    dst = tmp_path / "incoming" / src.name
+    (port,) = _free_ports(1)
+    args = {"mode": "watch", "file": str(dst), "size": src.stat().st_size, "sha256": sha,
+            "coordinator": f"127.0.0.1:{port}", "token": "t" * 32, "host_name": "h1"}
+    r = _module(args, check=True)
+    assert (r["changed"], r["verified"]) == (True, False) and not dst.parent.exists()
+    dst.parent.mkdir()
+    shutil.copyfile(src, dst)
+    r = _module(args, check=True)
+    assert (r["changed"], r["verified"]) == (False, True)
+    r = _module({**args, "sha256": "X" * 64})
+    assert r["_status"] == "FAILED!" and "sha256 must be 64 lowercase hex" in r["msg"]
+    r = _module({**args, "mode": "relay"})
+    assert r["_status"] == "FAILED!" and "listen" in r["msg"]
+    r = _module(args)  # nobody listens on the coordinator's port
+    assert r["_status"] == "FAILED!" and f"cannot reach the coordinator at 127.0.0.1:{port}" \
+        in r["msg"]
+    assert "t" * 32 not in json.dumps(r)  # the token is no_log
