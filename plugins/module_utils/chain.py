@@ -622,6 +622,19 @@ def _hash_growing(path, size, interval, idle_timeout, reporter, progress):
     return h.hexdigest()
 
 
+def holds(path, size, sha256):
+    """Whether ``path`` is the complete image (``size`` bytes with this sha256)."""
+    try:
+        if os.path.getsize(path) != size:
+            return False
+    except OSError:
+        return False
+    try:
+        return _hash_growing(path, size, 1.0, 0, Reporter(), False) == sha256
+    except IOError:
+        return False
+
+
 def _mismatch(digest, expected):
     return "sha256 mismatch: got %s, expected %s" % (digest, expected)
 

@@ -160,9 +160,9 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.lxcloud.cloud.plugins.module_utils.chain import (
     CoordinatorClient,
     Params,
+    holds,
     run,
 )
-from ansible_collections.lxcloud.cloud.plugins.module_utils.staging import sha256_file
 
 
 def main():
@@ -197,8 +197,7 @@ def main():
         module.fail_json(msg="size must be positive, got %d" % p["size"])
 
     if module.check_mode:
-        held = os.path.isfile(p["file"]) and os.path.getsize(p["file"]) == p["size"] \
-            and sha256_file(p["file"]) == p["sha256"]
+        held = holds(p["file"], p["size"], p["sha256"])
         module.exit_json(changed=not held, verified=held, bytes=p["size"] if held else 0)
 
     try:

@@ -214,6 +214,7 @@ def test_coordinator_carries_events_and_stop_and_refuses_strangers(tmp_path: Pat
             assert dropped.stopped.wait(5) and "closed" in str(dropped.lost)
             dropped.close()
         dst = tmp_path / "h1" / "incoming" / src.name
+        dst.parent.mkdir(parents=True)
         rep1 = chain.CoordinatorClient(coord.address, coord.token, "h1")
         params = chain.Params(file=str(dst), size=src.stat().st_size, sha256=sha,
                               interval=0.1)
