@@ -91,12 +91,17 @@ options:
     default: 0.5
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying
+      target.
     support: full
     details: Receives nothing; reports a change unless O(file) already holds the image.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode).
     support: none
     details: The image is binary; the result reports its sha256.
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second
+      invocation indicates no change.
     support: none
     details: Every run transfers the image again (the install step, M(lxcloud.cloud.image), is
       idempotent and removes the file from C(incoming/)).
