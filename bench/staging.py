@@ -4,9 +4,10 @@
 N namespace hosts (a private testbed: prefix ``lxs``, bridge ``lxsbr0``, 10.213.202.0/24, so the
 shared one is not disturbed), every host link shaped to the same rate B both ways
 (``testbed up N --rate B``, tbf), an incompressible "compressed image" of S MiB in a repository
-on the control-plane side.  For each strategy: wall time from the start of the run (agents
-started over ssh included) until 100% of the hosts hold the image with its sha256 verified on
-the host, and its ratio to S/B, the time one link needs for the image.  Target: chain <= 1.25.
+on the control-plane side.  For each strategy: wall time from the start of the run (the relays
+started by the playbook lxcloud.cloud.stage_image through the runner adapter included) until
+100% of the hosts hold the image with its sha256 verified on the host, and its ratio to S/B,
+the time one link needs for the image.  Target: chain <= 1.25.
 
     .venv/bin/python bench/staging.py [--hosts 16] [--rate 100mbit] [--size-mib 128]
                                       [--strategies chain,torrent,wave,sequential] [--keep]
@@ -110,7 +111,8 @@ def main() -> int:
         for strategy in [s for s in args.strategies.split(",") if s]:
             clean_hosts(inventory, [h.name for h in hosts])
             print(f"\n== {strategy}", flush=True)
-            progress = stage(image, hosts, strategy, out=None if args.quiet else sys.stdout,
+            progress = stage(image, hosts, strategy, inventory=str(inventory),
+                             out=None if args.quiet else sys.stdout,
                              deadline=max(600.0, 3 * args.hosts * link_s))
             rows = progress.rows()
             ok = [r for r in rows if r["state"] == "verified"]
@@ -141,9 +143,9 @@ def main() -> int:
           "-" if r["first_byte_s"] is None
           else f"{(r['wall_s'] - r['first_byte_s']) / link_s:.2f}x"]
          for r in results]))
-    print("wall: from the start of the run (agents started over ssh included) until every host "
-          "holds the image, sha256 verified on the host; first byte: when the first host got "
-          "its first bytes (ssh/agent/tracker start-up before that)")
+    print("wall: from the start of the run (relays started through Ansible included) until "
+          "every host holds the image, sha256 verified on the host; first byte: when the first "
+          "host got its first bytes (Ansible/relay/tracker start-up before that)")
     chain = next((r for r in results if r["strategy"] == "chain"), None)
     if chain:
         verdict = "meets" if chain["ratio"] <= 1.25 and chain["verified"] == chain["hosts"] \

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from lxcloud_py.runner import PlaybookRunner, playbook
 from lxcloud_py.staging import STRATEGIES, find_image, list_repo, load_inventory, stage
-from lxcloud_py.staging.hosts import DEFAULT_REPO_DIR, REPO_ROOT
+from lxcloud_py.staging.hosts import DEFAULT_REPO_DIR
 from lxcloud_py.table import render
 
 MB = 1_000_000
@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
         help="distribute an image to every host of an inventory, verify it there, install it",
         description="Distribute the compressed image to every host (live progress per host), "
         "verify its sha256 on each host, then install it with the lxcloud.cloud.image module "
-        "(playbooks/stage_image.yml, install step). Ends with a table: host, time, rate, "
+        "(the install play of the playbook lxcloud.cloud.stage_image, whose relay play receives "
+        "the image on the hosts). Ends with a table: host, time, rate, "
         "checksum verdict. Exit code 1 if any host does not hold the verified image.",
     )
     st.add_argument("name")
@@ -80,8 +81,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
     print(f"staging {image.name} {image.version} ({image.compressed_size / MB:.1f} MB "
           f"{image.compression}, sha256 {image.sha256[:16]}...) to {len(hosts)} host(s) "
           f"with {args.strategy}", flush=True)
-    progress = stage(image, hosts, args.strategy, out=None if args.quiet else sys.stdout,
-                     timeout=args.timeout, deadline=args.deadline, port=args.port,
+    progress = stage(image, hosts, args.strategy, inventory=args.inventory,
+                     out=None if args.quiet else sys.stdout, timeout=args.timeout,
+                     deadline=args.deadline, port=args.port,
                      peer_key=args.peer_key, repo_address=args.repo_address)
     wall = max((r["seconds"] or 0) for r in progress.rows())
     rows = progress.rows()
@@ -92,7 +94,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
           f"({args.strategy})")
     installed_ok = True
     if args.install and verified:
-        installed_ok = install(args, image.name, image.version, verified)
+        installed_ok = install(args, image.name, image.version, verified, len(hosts))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"image": {"name": image.name, "version": image.version, "sha256": image.sha256,
@@ -101,24 +103,38 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0 if len(verified) == len(rows) and installed_ok else 1
 
 
-def install(args: argparse.Namespace, name: str, version: str, hosts: list[str]) -> bool:
-    """The install step of playbooks/stage_image.yml (module lxcloud.cloud.image) on ``hosts``."""
-    exe = Path(sys.executable).parent / "ansible-playbook"
-    argv = [str(exe) if exe.exists() else "ansible-playbook",
-            str(REPO_ROOT / "playbooks" / "stage_image.yml"), "-i", args.inventory,
-            "--tags", "install", "--limit", ",".join(hosts),
-            "-e", json.dumps({"image_name": name, "image_version": version,
-                              "image_repo": str(Path(args.repo).resolve()),
-                              **({"stage_hosts": args.group} if args.group else {}),
-                              **({"lxcloud_api_url": args.api_url} if args.api_url else {}),
-                              **({} if args.report else {"stage_report": False})})]
-    env = dict(os.environ)
-    env.setdefault("ANSIBLE_CONFIG", str(REPO_ROOT / "ansible.cfg"))
-    print(f"installing on {len(hosts)} host(s): {' '.join(argv[1:2])} --tags install", flush=True)
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    recap = proc.stdout[proc.stdout.rfind("PLAY RECAP"):] if "PLAY RECAP" in proc.stdout else ""
-    print(recap.strip() or proc.stdout[-2000:])
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:] + proc.stderr[-2000:], file=sys.stderr)
+def install(args: argparse.Namespace, name: str, version: str, hosts: list[str],
+            forks: int) -> bool:
+    """The install play of lxcloud.cloud.stage_image (module lxcloud.cloud.image) on ``hosts``,
+    through the runner adapter; per-host results from its event stream."""
+    variables = {"image_name": name, "image_version": version,
+                 "image_repo": str(Path(args.repo).resolve()),
+                 "stage_hosts": args.group or "all",
+                 **({"lxcloud_api_url": args.api_url} if args.api_url else {}),
+                 **({} if args.report else {"stage_report": False})}
+    errors: dict[str, str] = {}
+
+    def on_event(ev: dict[str, Any]) -> None:
+        data = ev.get("event_data") or {}
+        if ev.get("event") in ("runner_on_failed", "runner_on_unreachable"):
+            errors[str(data.get("host"))] = str((data.get("res") or {}).get("msg", ""))[:300]
+
+    print(f"installing on {len(hosts)} host(s): lxcloud.cloud.stage_image --tags install",
+          flush=True)
+    runner = PlaybookRunner(args.inventory, forks=max(50, forks))
+    result = runner.run(playbook("stage_image"), variables, on_event=on_event, limit=hosts,
+                        tags=["install"])
+    rows = []
+    for h in hosts:
+        st = result.hosts.get(h)
+        state = "missing" if st is None else "failed" if st.failed else \
+            "changed" if st.changed else "ok"
+        rows.append([h, state, errors.get(h, "")])
+    print(render(["host", "install", "note"], rows))
+    bad = [r for r in rows if r[1] in ("failed", "missing")]
+    if not result.ok or bad:
+        print(f"install: {result.status} (rc {result.rc}); {len(bad)} host(s) failed"
+              + (f"; runner artifacts kept in {result.artifacts}" if result.artifacts else ""),
+              file=sys.stderr)
         return False
     return True

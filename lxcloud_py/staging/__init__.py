@@ -1,7 +1,9 @@
 """Golden image staging, the control-plane side: distribution strategies, progress, results.
 
-The host side is ``plugins/module_utils/chain.py`` (the agent, shipped over ssh) and the
-``lxcloud.cloud.image`` module (verify + unpack + record).
+The host side is the module ``lxcloud.cloud.image_relay`` (agent logic in
+``plugins/module_utils/chain.py``), started by the playbook ``lxcloud.cloud.stage_image``
+through the runner adapter and reporting to the in-process coordinator, and the module
+``lxcloud.cloud.image`` (verify + unpack + record).
 """
 
 from .hosts import Host, RepoImage, StagingFailed, find_image, list_repo, load_inventory

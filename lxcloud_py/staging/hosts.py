@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import shlex
 import socket
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lxcloud_py.model import InvalidInput, LxcloudError, NotFound
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AGENT = REPO_ROOT / "plugins" / "module_utils" / "chain.py"
 DEFAULT_IMAGE_DIR = "/var/lib/lxcloud/images"
 DEFAULT_REPO_DIR = os.environ.get("LXCLOUD_REPO", "/var/lib/lxcloud/repo")
 SSH_OPTS = [
@@ -47,10 +42,9 @@ class Host:
     port: int = 22
     key: str | None = None
     image_dir: str = DEFAULT_IMAGE_DIR
-    python: str = "/usr/bin/python3"
-    #: run the agent as a local process instead of over ssh (tests: hosts on 127.0.0.1 ports)
-    local: bool = False
-    #: TCP port of this host's chain relay / BitTorrent peer (default: the run's port)
+    #: TCP port of this host's chain relay / BitTorrent peer (hostvar
+    #: ``lxcloud_stage_relay_port``; default: the run's port). Several hosts on one address
+    #: (tests on 127.0.0.1) need their own.
     relay_port: int | None = None
 
     @property
@@ -143,38 +137,45 @@ def find_image(repo_dir: str | Path, name: str, version: str | None = None) -> R
     return img
 
 
+def _read_inventory(inventory: str) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """Groups (name -> host names, children included, in inventory order) and each host's
+    variables, read through Ansible's own inventory API (any source Ansible reads)."""
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    if not Path(inventory).exists():
+        raise StagingFailed(f"inventory {inventory} does not exist")
+    loader = DataLoader()
+    try:
+        inv = InventoryManager(loader=loader, sources=[inventory])
+        variables = VariableManager(loader=loader, inventory=inv)
+        groups = {name: [h.name for h in g.get_hosts()] for name, g in inv.groups.items()}
+        hostvars = {h.name: variables.get_vars(host=h, include_hostvars=False)
+                    for h in inv.get_hosts("all")}
+    except AnsibleError as exc:
+        raise StagingFailed(f"cannot read the inventory {inventory}: {exc}") from None
+    if not hostvars:
+        raise StagingFailed(f"no hosts in {inventory} (not an inventory Ansible can read?)")
+    return groups, hostvars
+
+
 def load_inventory(inventory: str, group: str | None = None,
                    limit: list[str] | None = None) -> list[Host]:
-    """Hosts of an Ansible inventory (any format ``ansible-inventory`` reads), in order.
+    """Hosts of an Ansible inventory (any format Ansible reads), in order.
 
     Uses ``group`` if given, else ``hypervisors`` when it exists, else every host.
     """
-    exe = REPO_ROOT / ".venv" / "bin" / "ansible-inventory"
-    cmd = [str(exe) if exe.exists() else "ansible-inventory", "-i", inventory, "--list"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise StagingFailed(f"ansible-inventory -i {inventory} failed: {proc.stderr.strip()}")
-    data = json.loads(proc.stdout)
-    hostvars = data.get("_meta", {}).get("hostvars", {})
-
-    def members(g: str, seen: set[str]) -> list[str]:
-        if g in seen:
-            return []
-        seen.add(g)
-        node = data.get(g, {})
-        names = list(node.get("hosts", []))
-        for child in node.get("children", []):
-            names += members(child, seen)
-        return names
-
+    groups, hostvars = _read_inventory(inventory)
     if group:
-        if group not in data:
+        if group not in groups:
             raise NotFound(f"group {group} is not in {inventory}")
-        names = members(group, set())
-    elif "hypervisors" in data:
-        names = members("hypervisors", set())
+        names = groups[group]
+    elif groups.get("hypervisors"):
+        names = groups["hypervisors"]
     else:
-        names = members("all", set())
+        names = list(hostvars)
     hosts: list[Host] = []
     seen: set[str] = set()
     for n in names:
@@ -183,6 +184,7 @@ def load_inventory(inventory: str, group: str | None = None,
         seen.add(n)
         hv = hostvars.get(n, {})
         key = hv.get("ansible_ssh_private_key_file") or hv.get("ansible_private_key_file")
+        port = hv.get("lxcloud_stage_relay_port")
         hosts.append(
             Host(
                 name=_safe(n, "host name"),
@@ -192,7 +194,7 @@ def load_inventory(inventory: str, group: str | None = None,
                 key=str(Path(inventory).parent / key) if key and not os.path.isabs(key)
                 else key,
                 image_dir=str(hv.get("lxcloud_image_dir", DEFAULT_IMAGE_DIR)),
-                python=str(hv.get("ansible_python_interpreter", "/usr/bin/python3")),
+                relay_port=int(port) if port else None,
             )
         )
     if not hosts:
@@ -205,23 +207,3 @@ def local_address_towards(address: str) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect((address, 9))
         return str(s.getsockname()[0])
-
-
-def agent_source() -> str:
-    return AGENT.read_text()
-
-
-def remote_agent_command(python: str, args: list[str]) -> str:
-    """The remote command line that runs the staging agent with ``args``: the agent travels
-    base64-encoded in argv so stdin stays free (closing it tells torrent peers to stop)."""
-    blob = base64.b64encode(AGENT.read_bytes()).decode()
-    boot = ("import base64,sys;src=base64.b64decode(sys.argv[1]);"
-            "sys.argv=['chain.py']+sys.argv[2:];exec(compile(src,'chain.py','exec'))")
-    return shlex.join([python, "-c", boot, blob, *args])
-
-
-def agent_argv(host: Host | None, args: list[str]) -> list[str]:
-    """argv to run the agent on ``host`` over ssh, or locally (the repository side) if None."""
-    if host is None or host.local:
-        return [sys.executable, str(AGENT), *args]
-    return [*host.ssh_argv(), remote_agent_command(host.python, args)]

@@ -1,9 +1,11 @@
 """Distribution strategies: deliver the repository's compressed image to every host, verified.
 
-Each host runs the staging agent (``plugins/module_utils/chain.py``, shipped over ssh), which
-reports progress and verifies sha256 on the host.  The image lands in
-``IMAGE_DIR/incoming/FILE`` (``FILE.part`` while incomplete); the install step (module
-``lxcloud.cloud.image``) unpacks it from there.
+Every host runs the module ``lxcloud.cloud.image_relay`` (agent logic in
+``plugins/module_utils/chain.py``), started through the runner adapter by the ``relay`` play of
+the playbook ``lxcloud.cloud.stage_image``; the relays report progress live over a side
+channel, a TCP connection to the run's :class:`~.coordinator.Coordinator` in this process, and
+verify sha256 on the host.  The image lands in ``IMAGE_DIR/incoming/FILE`` (``FILE.part``
+while incomplete); the install step (module ``lxcloud.cloud.image``) unpacks it from there.
 
 - ``sequential``: scp from the repository to each host in turn (the original baseline).
 - ``wave``: scp-wave; every host holding the verified image sends it on (greedy: a sender
@@ -17,7 +19,6 @@ reports progress and verifies sha256 on the host.  The image lands in
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import shlex
@@ -30,7 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
-from .hosts import SSH_OPTS, Host, RepoImage, StagingFailed, agent_argv, local_address_towards
+from ansible_collections.lxcloud.cloud.plugins.module_utils import chain as agent
+
+from lxcloud_py.runner import PlaybookRunner, RunResult, playbook
+
+from .coordinator import Coordinator
+from .hosts import SSH_OPTS, Host, RepoImage, StagingFailed, local_address_towards
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -38,82 +44,27 @@ log = logging.getLogger(__name__)
 REPO = "repository"
 #: SO_SNDBUF of chain hops (the kernel doubles it): ~10 ms of queue at 100 Mbit/s per hop.
 CHAIN_SNDBUF = 64 * 1024
-
-
-class Agent:
-    """One staging agent process (over ssh, or local); its JSON lines go to ``on_event``."""
-
-    def __init__(self, name: str, argv: list[str],
-                 on_event: Callable[[str, dict[str, Any]], None]) -> None:
-        import json
-
-        self.name = name
-        self._json = json
-        self.on_event = on_event
-        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr)
-        self.listening = threading.Event()
-        self.verdict: dict[str, Any] | None = None
-        self.final = threading.Event()
-        self.thread = threading.Thread(target=self._read, name=f"agent-{name}", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            try:
-                ev = self._json.loads(raw)
-            except ValueError:
-                continue
-            if ev.get("ev") == "listening":
-                self.listening.set()
-            if ev.get("ev") in ("verified", "done", "error") and self.verdict is None:
-                self.verdict = ev
-            self.on_event(self.name, ev)
-        rc = self.proc.wait()
-        self.listening.set()
-        if self.verdict is None:
-            self.on_event(self.name, {"ev": "exit", "rc": rc, "stderr": self.stderr_tail()})
-        self.final.set()
-
-    def stderr_tail(self) -> str:
-        with contextlib.suppress(OSError, ValueError):
-            self.stderr.seek(0)
-            return self.stderr.read().decode("utf-8", "replace").strip()[-500:]
-        return ""
-
-    def stop(self, grace: float = 3.0) -> None:
-        if self.proc.stdin:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.proc.terminate()
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.thread.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.stderr.close()
+#: how long Ansible may take to start every relay (ssh, the module on the host)
+START_TIMEOUT = 120.0
+RELAY_ACTION = "image_relay"
 
 
 class Strategy:
     name: ClassVar[str] = ""
+    #: the mode of lxcloud.cloud.image_relay on the hosts
+    mode: ClassVar[str] = "watch"
 
     def __init__(self, image: RepoImage, hosts: list[Host], progress: Progress, *,
-                 timeout: float = 10.0, deadline: float = 3600.0, port: int = 7420,
-                 peer_key: str | None = None, repo_address: str | None = None,
-                 sndbuf: int = 0, rate: float = 0,
+                 inventory: str, timeout: float = 10.0, deadline: float = 3600.0,
+                 port: int = 7420, peer_key: str | None = None,
+                 repo_address: str | None = None, sndbuf: int = 0, rate: float = 0,
+                 runtime_dir: str | None = None,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.image = image
         self.hosts = hosts
         self.by_name = {h.name: h for h in hosts}
         self.progress = progress
+        self.inventory = inventory
         self.timeout = timeout
         self.deadline = deadline
         self.port = port
@@ -121,16 +72,20 @@ class Strategy:
         self.repo_address = repo_address
         self.sndbuf = sndbuf
         self.rate = rate
+        self.runtime_dir = runtime_dir
         self.hook = on_event
-        self.agents: dict[str, Agent] = {}
         self.cv = threading.Condition()
+        self.listening: set[str] = set()
+        self.ended: set[str] = set()  # hosts whose relay task is over
+        self.coordinator: Coordinator | None = None
+        self.runner: PlaybookRunner | None = None
+        self.job: threading.Thread | None = None
+        self.job_result: RunResult | None = None
+        self.job_error: BaseException | None = None
+        self.repo_threads: list[threading.Thread] = []
+        self.repo_reporter = agent.Reporter(lambda ev: self.on_event(REPO, ev))
 
-    # -- shared plumbing ------------------------------------------------------------------
-    def common_args(self, host: Host | None) -> list[str]:
-        f = str(self.image.path) if host is None else host.incoming(self.image.filename)
-        return ["--file", f, "--size", str(self.image.compressed_size), "--sha256",
-                self.image.sha256, "--interval", "0.5", "--timeout", str(self.timeout)]
-
+    # -- events ---------------------------------------------------------------------------
     def on_event(self, host: str, ev: dict[str, Any]) -> None:
         if self.hook is not None:
             self.hook(host, ev)
@@ -139,7 +94,10 @@ class Strategy:
             if kind == "dead":
                 self._dead(ev)
             return
-        if kind == "progress":
+        if kind == "listening":
+            with self.cv:
+                self.listening.add(host)
+        elif kind == "progress":
             self.progress.update(host, int(ev.get("bytes", 0)))
         elif kind in ("verified", "done"):
             if ev.get("ok"):
@@ -151,9 +109,28 @@ class Strategy:
             self._dead(ev)
         elif kind == "error":
             self.progress.failed(host, str(ev.get("msg")))
-        elif kind == "exit":
-            self.progress.failed(host, f"agent exited rc={ev.get('rc')}: {ev.get('stderr')}")
         with self.cv:
+            self.cv.notify_all()
+
+    def _runner_event(self, event: dict[str, Any]) -> None:
+        """The relay task's outcome per host, from the runner's event stream."""
+        kind = event.get("event")
+        data = event.get("event_data") or {}
+        host = str(data.get("host", ""))
+        if (kind not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable")
+                or host not in self.by_name
+                or str(data.get("task_action", "")).rpartition(".")[2] != RELAY_ACTION):
+            return
+        res = data.get("res") or {}
+        if kind == "runner_on_unreachable":
+            self.on_event(host, {"ev": "error", "msg": f"unreachable: {res.get('msg')}"})
+        elif "verified" in res:
+            self.on_event(host, {"ev": "done", "ok": bool(res["verified"]),
+                                 "error": res.get("msg")})
+        else:
+            self.on_event(host, {"ev": "error", "msg": f"relay failed: {res.get('msg')}"})
+        with self.cv:
+            self.ended.add(host)
             self.cv.notify_all()
 
     def _dead(self, ev: dict[str, Any]) -> None:
@@ -162,7 +139,7 @@ class Strategy:
         name = self._peer_host(peer)
         if name:
             hp = self.progress.hosts[name]
-            if hp.state == "failed":  # its agent exit arrived first: upgrade to dead
+            if hp.state == "failed":  # its relay's failure arrived first: upgrade to dead
                 hp.state = "waiting"
             self.progress.failed(name, f"unreachable: {ev.get('reason')}", dead=True, by=by)
         with self.cv:
@@ -177,21 +154,73 @@ class Strategy:
     def endpoint(self, h: Host) -> str:
         return f"{h.address}:{h.relay_port or self.port}"
 
-    def start_agents(self, mode_args: Callable[[Host], list[str]],
-                     wait_listening: float = 30.0) -> list[Host]:
-        """Start one agent per host; return the hosts whose agent is ready."""
-        for h in self.hosts:
-            self.agents[h.name] = Agent(h.name, agent_argv(h, mode_args(h)), self.on_event)
-        end = time.monotonic() + wait_listening
+    # -- the relays, through the playbook -------------------------------------------------
+    def relay_options(self) -> dict[str, Any]:
+        """Options of lxcloud.cloud.image_relay common to every host of this strategy."""
+        return {"mode": self.mode, "size": self.image.compressed_size,
+                "sha256": self.image.sha256, "interval": 0.5, "timeout": self.timeout}
+
+    def host_options(self, h: Host) -> dict[str, Any]:
+        return {"file": h.incoming(self.image.filename)}
+
+    def control_address(self) -> str:
+        """This machine's address as the hosts reach it (coordinator, tracker)."""
+        return self.repo_address or local_address_towards(self.hosts[0].address)
+
+    def start_relays(self) -> list[Host]:
+        """Start lxcloud.cloud.image_relay on every host (the ``relay`` play of
+        lxcloud.cloud.stage_image, one runner job in a thread); return the hosts whose relay
+        is listening, in order."""
+        self.coordinator = Coordinator(self.control_address(), self.by_name, self.on_event)
+        variables = {
+            "stage_hosts": "all",
+            "image_name": self.image.name,
+            "image_version": self.image.version,
+            "stage_relay": {**self.relay_options(), "coordinator": self.coordinator.address},
+            "stage_relay_hosts": {h.name: self.host_options(h) for h in self.hosts},
+        }
+        self.runner = PlaybookRunner(self.inventory, self.runtime_dir,
+                                     forks=max(50, len(self.hosts)),
+                                     timeout=int(self.deadline + START_TIMEOUT))
+
+        def job() -> None:
+            assert self.runner is not None and self.coordinator is not None
+            try:
+                self.job_result = self.runner.run(
+                    playbook("stage_image"), variables, {"stage_token": self.coordinator.token},
+                    self._runner_event, limit=list(self.by_name), tags=["relay"])
+            except BaseException as exc:  # reported by start_relays, never lost
+                self.job_error = exc
+            finally:
+                with self.cv:
+                    self.ended.update(self.by_name)
+                    self.cv.notify_all()
+
+        self.job = threading.Thread(target=job, name="stage-relays", daemon=True)
+        self.job.start()
+        end = time.monotonic() + START_TIMEOUT
+        with self.cv:
+            while set(self.by_name) - self.listening - self.ended:
+                if time.monotonic() > end:
+                    break
+                self.cv.wait(0.2)
+        if self.job_error is not None:
+            raise StagingFailed(f"starting the relays failed: {self.job_error}")
         ready = []
         for h in self.hosts:
-            a = self.agents[h.name]
-            a.listening.wait(max(0.0, end - time.monotonic()))
-            if a.listening.is_set() and a.proc.poll() is None:
+            if h.name in self.listening and h.name not in self.ended:
                 ready.append(h)
-            elif self.progress.hosts[h.name].state not in ("failed", "dead"):
-                self.progress.failed(h.name, "agent did not start: " + a.stderr_tail())
+            elif h.name in self.progress.pending():
+                self.progress.failed(h.name, self._why_not_started(h.name))
         return ready
+
+    def _why_not_started(self, host: str) -> str:
+        if host not in self.ended:
+            return f"relay did not start within {START_TIMEOUT:.0f}s"
+        if self.job_result is not None and not self.job_result.ok:
+            return f"relay did not start (runner: {self.job_result.status}): " + \
+                self.job_result.stdout_tail[-300:].strip()
+        return "relay did not start"
 
     def wait_all(self, hosts: list[str] | None = None) -> None:
         names = set(hosts or self.by_name)
@@ -202,6 +231,8 @@ class Strategy:
                     for n in names & set(self.progress.pending()):
                         self.progress.failed(n, f"not done after {self.deadline:.0f}s")
                     return
+                for n in names & set(self.progress.pending()) & self.ended:
+                    self.progress.failed(n, "relay ended without a verdict")
                 self.cv.wait(0.5)
 
     def wait_host(self, name: str, limit: float) -> None:
@@ -213,18 +244,34 @@ class Strategy:
                     return
                 self.cv.wait(0.5)
 
-    def stop_agents(self) -> None:
-        threads = [threading.Thread(target=a.stop) for a in self.agents.values()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    def stop_relays(self) -> None:
+        """Tell every relay to stop (torrent peers stop seeding), wait for the relay job."""
+        self.repo_reporter.stop()
+        if self.coordinator is not None:
+            self.coordinator.stop_all()
+        if self.job is not None:
+            self.job.join(30)
+            if self.job.is_alive() and self.runner is not None:
+                self.runner.cancel()
+                self.job.join(30)
+        for t in self.repo_threads:
+            t.join(30)
+        if self.coordinator is not None:
+            self.coordinator.close()
+
+    def run_at_repository(self, mode: str, **options: Any) -> None:
+        """The repository's end of the run (chain source, torrent seeder) in this process."""
+        params = agent.Params(**options)
+        t = threading.Thread(target=agent.run, args=(mode, params, self.repo_reporter),
+                             name=f"repository-{mode}", daemon=True)
+        self.repo_threads.append(t)
+        t.start()
 
     def run(self) -> None:
         try:
             self.distribute()
         finally:
-            self.stop_agents()
+            self.stop_relays()
             self.cleanup()
 
     def distribute(self) -> None:
@@ -232,9 +279,6 @@ class Strategy:
 
     def cleanup(self) -> None:
         pass
-
-    def watch_args(self, h: Host) -> list[str]:
-        return ["watch", *self.common_args(h), "--idle-timeout", str(int(self.deadline))]
 
     def scp_argv(self, target: Host, src_path: str, key: str | None) -> list[str]:
         argv = ["scp", "-q", *SSH_OPTS, "-P", str(target.port)]
@@ -248,8 +292,11 @@ class Sequential(Strategy):
 
     name = "sequential"
 
+    def relay_options(self) -> dict[str, Any]:
+        return {**super().relay_options(), "idle_timeout": int(self.deadline)}
+
     def distribute(self) -> None:
-        ready = self.start_agents(self.watch_args)
+        ready = self.start_relays()
         for h in ready:
             if h.name not in self.progress.pending():
                 continue
@@ -261,7 +308,7 @@ class Sequential(Strategy):
             self.wait_host(h.name, 60)
 
 
-class Wave(Strategy):
+class Wave(Sequential):
     """scp-wave: every host that holds the verified image sends it on."""
 
     name = "wave"
@@ -274,7 +321,7 @@ class Wave(Strategy):
         return [*sender.ssh_argv(), shlex.join(inner)]
 
     def distribute(self) -> None:
-        ready = self.start_agents(self.watch_args)
+        ready = self.start_relays()
         free: list[Host | None] = [None]
         pending = list(ready)
         inflight = 0
@@ -318,14 +365,22 @@ class Torrent(Strategy):
     """BitTorrent: opentracker + mktorrent on the repository, aria2c on every host."""
 
     name = "torrent"
+    mode = "torrent"
     tracker_port = 6969
     piece_log2 = 18  # 256 KiB pieces
+
+    def relay_options(self) -> dict[str, Any]:
+        extra = {"rate": self.rate} if self.rate else {}
+        return {**super().relay_options(), "torrent_hex": self.torrent_hex, **extra}
+
+    def host_options(self, h: Host) -> dict[str, Any]:
+        return {**super().host_options(h), "listen_port": h.relay_port or 6881}
 
     def distribute(self) -> None:
         for tool in ("aria2c", "mktorrent", "opentracker"):
             if shutil.which(tool) is None:
                 raise StagingFailed(f"{tool} is not installed (scripts/bootstrap installs it)")
-        addr = self.repo_address or local_address_towards(self.hosts[0].address)
+        addr = self.control_address()
         self.workdir = Path(tempfile.mkdtemp(prefix="lxcloud-torrent-"))
         self.workdir.chmod(0o755)  # opentracker chroots here and drops to nobody
         torrent = self.workdir / (self.image.filename + ".torrent")
@@ -337,14 +392,12 @@ class Torrent(Strategy):
             ["opentracker", "-i", addr, "-p", str(self.tracker_port), "-P",
              str(self.tracker_port), "-d", str(self.workdir), "-w", "whitelist.txt"],
             cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        blob = torrent.read_bytes().hex()
+        self.torrent_hex = torrent.read_bytes().hex()
         # the repository seeds (aria2c checks the file against the pieces, then uploads)
-        self.agents[REPO] = Agent(REPO, agent_argv(None, [
-            "torrent", *self.common_args(None), "--torrent-hex", blob,
-            "--listen-port", "6881"]), self.on_event)
-        rate = ["--rate", str(self.rate)] if self.rate else []
-        self.start_agents(lambda h: ["torrent", *self.common_args(h), "--torrent-hex", blob,
-                                     "--listen-port", str(h.relay_port or 6881), *rate])
+        self.run_at_repository("torrent", file=str(self.image.path),
+                               size=self.image.compressed_size, sha256=self.image.sha256,
+                               torrent_hex=self.torrent_hex, listen_port=6881)
+        self.start_relays()
         self.wait_all()
 
     def cleanup(self) -> None:
@@ -364,22 +417,29 @@ class Chain(Strategy):
     """lxcloud's pipelined chain: every host writes and forwards as bytes arrive."""
 
     name = "chain"
+    mode = "relay"
+
+    def shaping(self) -> dict[str, Any]:
+        # small send buffers: bytes queued in a socket are latency added at every hop
+        return {"sndbuf": self.sndbuf or CHAIN_SNDBUF, **({"rate": self.rate} if self.rate else {})}
+
+    def relay_options(self) -> dict[str, Any]:
+        return {**super().relay_options(), "deadline": int(self.deadline), **self.shaping()}
+
+    def host_options(self, h: Host) -> dict[str, Any]:
+        return {**super().host_options(h), "listen": self.endpoint(h)}
 
     def distribute(self) -> None:
-        # small send buffers: bytes queued in a socket are latency added at every hop
-        extra = ["--sndbuf", str(self.sndbuf or CHAIN_SNDBUF)]
-        if self.rate:
-            extra += ["--rate", str(self.rate)]
-        ready = self.start_agents(lambda h: [
-            "relay", *self.common_args(h), "--listen", self.endpoint(h),
-            "--deadline", str(int(self.deadline)), *extra])
+        ready = self.start_relays()
         if not ready:
             return
-        chain = ",".join(self.endpoint(h) for h in ready)
-        self.agents[REPO] = Agent(REPO, agent_argv(None, [
-            "source", *self.common_args(None), "--chain", chain, *extra]), self.on_event)
+        source = self.repo_threads
+        self.run_at_repository("source", file=str(self.image.path),
+                               size=self.image.compressed_size, sha256=self.image.sha256,
+                               chain=[self.endpoint(h) for h in ready], timeout=self.timeout,
+                               **self.shaping())
         self.wait_all([h.name for h in ready])
-        self.agents[REPO].final.wait(max(5.0, self.timeout * 2))
+        source[-1].join(max(5.0, self.timeout * 2))
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -416,13 +476,14 @@ def info_hash(torrent: bytes) -> str:
     raise ValueError("torrent has no info dictionary")
 
 
-def stage(image: RepoImage, hosts: list[Host], strategy: str, *, out: TextIO | None = None,
-          **opts: Any) -> Progress:
-    """Distribute ``image`` to ``hosts`` with ``strategy``; returns the finished Progress."""
+def stage(image: RepoImage, hosts: list[Host], strategy: str, *, inventory: str,
+          out: TextIO | None = None, **opts: Any) -> Progress:
+    """Distribute ``image`` to ``hosts`` (of ``inventory``) with ``strategy``; returns the
+    finished Progress."""
     if strategy not in STRATEGIES:
         raise StagingFailed(f"unknown strategy {strategy!r}: one of {', '.join(STRATEGIES)}")
     progress = Progress([h.name for h in hosts], image.compressed_size, out=out)
-    runner = STRATEGIES[strategy](image, hosts, progress, **opts)
+    runner = STRATEGIES[strategy](image, hosts, progress, inventory=inventory, **opts)
     progress.start()
     try:
         runner.run()

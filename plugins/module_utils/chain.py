@@ -1,20 +1,27 @@
-#!/usr/bin/python3
 # -*- coding: utf-8 -*-
 # Copyright: lxcloud developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The staging agent: lxcloud's pipelined chain relay, plus the per-host side of the other
-distribution strategies.  One stdlib-only file, run as a script (the control plane ships it to
-each host over ssh and runs it with ``/usr/bin/python3``)::
+distribution strategies.  Stdlib only; imported by the module ``lxcloud.cloud.image_relay``
+(on each host) and by the control plane (``lxcloud_py.staging``: the chain's source and the
+repository's torrent seeder run in-process there).
 
-    chain.py relay   --listen ADDR:PORT --file F --size N --sha256 H   a chain member
-    chain.py source  --file F --size N --sha256 H --chain A:P,A:P,...   the repository end
-    chain.py watch   --file F --size N --sha256 H             scp targets (hash as it grows)
-    chain.py torrent --torrent-hex T --file F --size N --sha256 H   an aria2c peer/seeder
+Modes (functions taking the options as attributes of ``params`` and a :class:`Reporter`,
+returning the verdict as a dict)::
 
-Every mode prints JSON lines on stdout: ``{"ev": "listening"}``, ``{"ev": "progress",
-"bytes": n}`` (about twice a second), ``{"ev": "dead", "peer": "A:P", "reason": ...}`` (a
-downstream given up on), ``{"ev": "done", "ok": true|false, "bytes": n, "seconds": t,
-"sha256": ...}`` and ``{"ev": "error", "msg": ...}``.
+    run_relay    a chain member: listen on params.listen, receive into F.part, forward
+    run_source   the repository end: send params.file down params.chain
+    run_watch    scp targets: hash F.part as it grows, verify, rename
+    run_torrent  an aria2c peer/seeder (params.torrent_hex: the .torrent file's bytes)
+
+Every mode reports events through the Reporter: ``{"ev": "listening"}``, ``{"ev":
+"progress", "bytes": n}`` (about twice a second), ``{"ev": "dead", "peer": "A:P", "reason":
+...}`` (a downstream given up on), ``{"ev": "verified"|"done", "ok": true|false, "bytes": n,
+"seconds": t, "sha256": ...}`` and ``{"ev": "error", "msg": ...}``.  On a host the Reporter
+is a :class:`CoordinatorClient`: a TCP connection back to the coordinator that
+``lxcloud image stage`` runs, carrying these events as JSON lines one way and commands
+(``{"cmd": "stop"}``: torrent peers stop seeding, relays and watchers give up) the other way.
+The connection opens with ``{"hello": HOST, "token": T, "pid": P}``.
 
 Chain protocol (TCP, one connection per hop):
   upstream -> downstream: one JSON line ``{"size", "sha256", "chain": [rest...]}``;
@@ -25,7 +32,7 @@ Chain protocol (TCP, one connection per hop):
 Each relay writes what arrives to ``F.part`` (hashing it in order), and a sender thread
 forwards from that file (``sendfile``) as soon as bytes are on disk: the stream is pipelined,
 so N hosts take about one link's time.  When a downstream dies (connect/send error, or no
-heartbeat for ``--timeout`` seconds) the sender reports it and connects to the next host of
+heartbeat for ``timeout`` seconds) the sender reports it and connects to the next host of
 the chain, which answers with its offset.  A relay that is re-routed to gets a new upstream and
 drops the old one (``{"superseded": true}``).  At the end each relay checks sha256 and renames
 ``F.part`` to ``F`` (or deletes it on a mismatch).
@@ -33,7 +40,6 @@ drops the old one (``{"superseded": true}``).  At the end each relay checks sha2
 
 from __future__ import absolute_import, division, print_function
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -42,24 +48,97 @@ import re
 import select
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 CHUNK = 256 * 1024
 BATCH = 64 * 1024
-EMIT_LOCK = threading.Lock()
 
 
-def emit(**ev):
-    line = json.dumps(ev, sort_keys=True) + "\n"
-    with EMIT_LOCK:
-        try:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-        except (BrokenPipeError, ValueError):
-            # the control plane went away: nobody to report to, stop
-            os._exit(3)
+class Reporter(object):
+    """Where a mode's events go (``callback(event_dict)``, or nowhere); ``stopped`` is set
+    when the control plane asks the mode to stop."""
+
+    def __init__(self, callback=None):
+        self.callback = callback
+        self.stopped = threading.Event()
+        self.lost = None  # why the control plane can no longer be told anything
+        self.lock = threading.Lock()
+
+    def emit(self, **ev):
+        if self.callback is not None:
+            with self.lock:
+                self.callback(ev)
+
+    def stop(self):
+        self.stopped.set()
+
+    def close(self):
+        pass
+
+
+class CoordinatorClient(Reporter):
+    """The side channel of a module on a host: events up to the coordinator of the staging
+    run as JSON lines, commands (``{"cmd": "stop"}``) down.  A lost coordinator stops the
+    mode: nobody is left to report to."""
+
+    def __init__(self, address, token, host, timeout=10.0):
+        super(CoordinatorClient, self).__init__()
+        addr, port = parse_peer(address)
+        self.sock = socket.create_connection((addr, port), timeout=timeout)
+        self.sock.settimeout(None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._send({"hello": host, "token": token, "pid": os.getpid()})
+        self.thread = threading.Thread(target=self._read, name="coordinator", daemon=True)
+        self.thread.start()
+
+    def emit(self, **ev):
+        self._send(ev)
+
+    def _send(self, msg):
+        data = (json.dumps(msg, sort_keys=True) + "\n").encode()
+        with self.lock:
+            if self.lost is not None:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                self._lose("sending to the coordinator failed: %s" % exc)
+
+    def _lose(self, why):
+        if self.lost is None:
+            self.lost = why
+        self.stopped.set()
+
+    def _read(self):
+        buf = b""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError as exc:
+                self._lose("the coordinator connection failed: %s" % exc)
+                return
+            if not data:
+                if not self.stopped.is_set():
+                    self._lose("the coordinator closed the connection")
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if msg.get("cmd") == "stop":
+                    self.stopped.set()
+
+    def close(self):
+        with self.lock:
+            if self.lost is None:
+                self.lost = "closed"
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
 
 
 def parse_peer(text):
@@ -128,7 +207,8 @@ class Image:
 class Sender:
     """Forward the local copy down the chain, re-routing around dead hosts."""
 
-    def __init__(self, image, chain, timeout, rate=0, sndbuf=0, me=""):
+    def __init__(self, image, chain, timeout, rate=0, sndbuf=0, me="", emit=None):
+        self.emit = emit or Reporter().emit
         self.image = image
         self.chain = list(chain)
         self.timeout = timeout
@@ -163,7 +243,7 @@ class Sender:
                 if self.image.failed is not None:
                     return
                 self.dead.append(peer)
-                emit(ev="dead", peer=peer, reason=str(exc) or type(exc).__name__, by=self.me)
+                self.emit(ev="dead", peer=peer, reason=str(exc) or type(exc).__name__, by=self.me)
                 i += 1
 
     def _serve(self, peer, rest):
@@ -281,8 +361,9 @@ class _LineReader:
 class Relay:
     """A chain member: receive into F.part, forward, verify, rename."""
 
-    def __init__(self, args):
+    def __init__(self, args, reporter):
         self.args = args
+        self.rep = reporter
         self.part = args.file + ".part"
         self.image = Image(self.part, args.size, args.sha256)
         self.lock = threading.Lock()
@@ -308,7 +389,7 @@ class Relay:
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         ls.bind((addr, port))
         ls.listen(8)
-        emit(ev="listening", addr=a.listen, pid=os.getpid())
+        self.rep.emit(ev="listening", addr=a.listen, pid=os.getpid())
         threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
         threading.Thread(target=self._progress, daemon=True).start()
         threading.Thread(target=self._heartbeat, daemon=True).start()
@@ -321,6 +402,9 @@ class Relay:
             if deadline and time.monotonic() > deadline:
                 self._fail("deadline of %ds passed" % a.deadline)
                 break
+            if self.rep.stopped.is_set():
+                self._fail("stopped by the control plane (%s)" % (self.rep.lost or "stop"))
+                break
         if self.ok or self.mismatch:
             # every byte arrived (good or not): the rest of the chain still gets them and
             # judges for itself; the upstream learns that this part of the chain is done
@@ -331,13 +415,16 @@ class Relay:
         if self.mismatch:
             with contextlib.suppress(OSError):
                 os.unlink(self.part)
-        emit(ev="done", ok=bool(self.ok), bytes=self.image.have,
-             sha256=self.image.hash.hexdigest(),
-             seconds=round(time.monotonic() - (self.t0 or time.monotonic()), 3),
-             forwarded_to=(self.sender.sent_to if self.sender else []),
-             dead=(self.sender.dead if self.sender else []),
-             error=self.image.failed or self.mismatch)
-        return 0 if self.ok else 1
+        with contextlib.suppress(OSError):
+            ls.close()
+        verdict = dict(ok=bool(self.ok), bytes=self.image.have,
+                       sha256=self.image.hash.hexdigest(),
+                       seconds=round(time.monotonic() - (self.t0 or time.monotonic()), 3),
+                       forwarded_to=(self.sender.sent_to if self.sender else []),
+                       dead=(self.sender.dead if self.sender else []),
+                       error=self.image.failed or self.mismatch)
+        self.rep.emit(ev="done", **verdict)
+        return verdict
 
     def _fail(self, reason):
         with self.image.cv:
@@ -350,7 +437,10 @@ class Relay:
 
     def _accept(self, ls):
         while True:
-            conn, _ = ls.accept()
+            try:
+                conn, _ = ls.accept()
+            except OSError:
+                return  # closed: the relay is done
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _send_upstream(self, msg):
@@ -371,7 +461,7 @@ class Relay:
 
     def _progress(self):
         while not self.complete.is_set():
-            emit(ev="progress", bytes=self.image.have)
+            self.rep.emit(ev="progress", bytes=self.image.have)
             time.sleep(self.args.interval)
 
     def _handle(self, conn):
@@ -399,14 +489,15 @@ class Relay:
             if self.sender is None and not self.complete.is_set():
                 self.t0 = time.monotonic()
                 self.sender = Sender(self.image, hdr.get("chain") or [], self.args.timeout,
-                                     self.args.rate, self.args.sndbuf, me=self.args.listen)
+                                     self.args.rate, self.args.sndbuf, me=self.args.listen,
+                                     emit=self.rep.emit)
                 self.sender.start()
             try:
                 conn.settimeout(None)  # a silent upstream is superseded, not timed out
                 with self.slock:
                     conn.sendall((json.dumps({"offset": self.image.have}) + "\n").encode())
                     self.hb_ok = conn
-                emit(ev="upstream", peer=str(hdr.get("from", "")), offset=self.image.have)
+                self.rep.emit(ev="upstream", peer=str(hdr.get("from", "")), offset=self.image.have)
                 self._receive(conn)
             except OSError:
                 pass  # the upstream died: wait for a re-routed one
@@ -448,35 +539,40 @@ class Relay:
             os.rename(self.part, self.args.file)
             self.image.path = self.args.file  # the sender's open file stays valid
             self.ok = True
-            emit(ev="verified", ok=True, bytes=self.image.have, sha256=digest,
+            self.rep.emit(ev="verified", ok=True, bytes=self.image.have, sha256=digest,
                  seconds=round(time.monotonic() - self.t0, 3))
         else:
             # F.part is removed once the sender has forwarded it
             self.mismatch = "sha256 mismatch: got %s, expected %s" % (digest, self.image.sha256)
             self.ok = False
-            emit(ev="verified", ok=False, bytes=self.image.have, sha256=digest,
+            self.rep.emit(ev="verified", ok=False, bytes=self.image.have, sha256=digest,
                  error=self.mismatch, seconds=round(time.monotonic() - self.t0, 3))
         self.complete.set()
 
 
-def cmd_relay(args):
-    return Relay(args).serve()
+def run_relay(params, reporter):
+    """A chain member (params: listen, file, size, sha256, timeout, idle_timeout, deadline,
+    rate, sndbuf, interval); returns the verdict."""
+    return Relay(params, reporter).serve()
 
 
-def cmd_source(args):
-    image = Image(args.file, args.size, args.sha256, complete=True)
-    chain = [c for c in args.chain.split(",") if c]
+def run_source(params, reporter):
+    """The repository end of the chain (params: file, size, sha256, chain (a list of
+    ADDR:PORT), timeout, rate, sndbuf); returns the verdict."""
+    image = Image(params.file, params.size, params.sha256, complete=True)
     t0 = time.monotonic()
-    sender = Sender(image, chain, args.timeout, args.rate, args.sndbuf, me="source")
+    sender = Sender(image, list(params.chain), params.timeout, params.rate, params.sndbuf,
+                    me="source", emit=reporter.emit)
     sender.start()
     sender.join()
-    ok = bool(sender.sent_to)
-    emit(ev="done", ok=ok, bytes=args.size, seconds=round(time.monotonic() - t0, 3),
-         forwarded_to=sender.sent_to, dead=sender.dead)
-    return 0 if ok else 1
+    verdict = dict(ok=bool(sender.sent_to), bytes=params.size,
+                   seconds=round(time.monotonic() - t0, 3), forwarded_to=sender.sent_to,
+                   dead=sender.dead)
+    reporter.emit(ev="done", **verdict)
+    return verdict
 
 
-def _hash_growing(path, size, sha256, interval, idle_timeout, progress):
+def _hash_growing(path, size, interval, idle_timeout, reporter, progress):
     """Hash a file while something else (scp, aria2c in order) writes it; return digest."""
     h = hashlib.sha256()
     done = 0
@@ -511,12 +607,14 @@ def _hash_growing(path, size, sha256, interval, idle_timeout, progress):
                     last_change = time.monotonic()
             now = time.monotonic()
             if progress and now - last_emit >= interval:
-                emit(ev="progress", bytes=done)
+                reporter.emit(ev="progress", bytes=done)
                 last_emit = now
             if done >= size:
                 break
             if now - last_change > idle_timeout:
                 raise IOError("no new bytes for %ds" % idle_timeout)
+            if reporter.stopped.is_set():
+                raise IOError("stopped by the control plane (%s)" % (reporter.lost or "stop"))
             time.sleep(0.05)
     finally:
         if fh is not None:
@@ -524,30 +622,58 @@ def _hash_growing(path, size, sha256, interval, idle_timeout, progress):
     return h.hexdigest()
 
 
-def cmd_watch(args):
-    """scp writes F.part; hash it as it grows, then verify and rename to F."""
-    part = args.file + ".part"
-    d = os.path.dirname(os.path.abspath(args.file))
+def holds(path, size, sha256):
+    """Whether ``path`` is the complete image (``size`` bytes with this sha256)."""
+    try:
+        if os.path.getsize(path) != size:
+            return False
+    except OSError:
+        return False
+    try:
+        return _hash_growing(path, size, 1.0, 0, Reporter(), False) == sha256
+    except IOError:
+        return False
+
+
+def _mismatch(digest, expected):
+    return "sha256 mismatch: got %s, expected %s" % (digest, expected)
+
+
+def _ensure_dir(path):
+    d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         os.makedirs(d, 0o755)
-    emit(ev="listening", pid=os.getpid())
+    return d
+
+
+def run_watch(params, reporter):
+    """scp writes F.part; hash it as it grows, then verify and rename to F (params: file,
+    size, sha256, interval, idle_timeout); returns the verdict."""
+    part = params.file + ".part"
+    _ensure_dir(params.file)
+    reporter.emit(ev="listening", pid=os.getpid())
     t0 = time.monotonic()
     try:
-        digest = _hash_growing(part, args.size, args.sha256, args.interval, args.idle_timeout,
-                               True)
+        digest = _hash_growing(part, params.size, params.interval, params.idle_timeout,
+                               reporter, True)
     except IOError as exc:
-        emit(ev="done", ok=False, bytes=0, error=str(exc), seconds=round(time.monotonic() - t0, 3))
-        return 1
-    ok = digest == args.sha256
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        verdict = dict(ok=False, bytes=0, error=str(exc), seconds=round(time.monotonic() - t0, 3))
+        reporter.emit(ev="done", **verdict)
+        return verdict
+    ok = digest == params.sha256
     if ok:
-        os.rename(part, args.file)
+        os.rename(part, params.file)
     else:
         with contextlib.suppress(OSError):
             os.unlink(part)
-    emit(ev="progress", bytes=args.size)
-    emit(ev="done", ok=ok, bytes=args.size, sha256=digest, seconds=round(time.monotonic() - t0, 3),
-         error=None if ok else "sha256 mismatch: got %s, expected %s" % (digest, args.sha256))
-    return 0 if ok else 1
+    reporter.emit(ev="progress", bytes=params.size)
+    verdict = dict(ok=ok, bytes=params.size, sha256=digest,
+                   seconds=round(time.monotonic() - t0, 3),
+                   error=None if ok else _mismatch(digest, params.sha256))
+    reporter.emit(ev="done", **verdict)
+    return verdict
 
 
 _PROGRESS = re.compile(r"\[#\w+\s+(?:SEED\([^)]*\)|([\d.]+)([KMGT]?i?B)/([\d.]+)([KMGT]?i?B))")
@@ -566,117 +692,92 @@ def aria2c_argv(torrent, directory, extra=()):
     ]
 
 
-def cmd_torrent(args):
-    """Run aria2c; report progress; once the file is complete, verify sha256 and keep seeding
-    until stdin closes (the control plane ends the run)."""
-    directory = os.path.dirname(os.path.abspath(args.file))
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    torrent = args.torrent
-    if args.torrent_hex:
-        torrent = os.path.join(directory, os.path.basename(args.file) + ".torrent")
-        with open(torrent, "wb") as fh:
-            fh.write(bytes.fromhex(args.torrent_hex))
+def run_torrent(params, reporter):
+    """Run aria2c (params: torrent_hex, file, size, sha256, listen_port, rate); report
+    progress; once the file is complete, verify sha256 and keep seeding until the control
+    plane says stop.  Returns the verdict."""
+    directory = _ensure_dir(params.file)
+    torrent = os.path.join(directory, os.path.basename(params.file) + ".torrent")
+    with open(torrent, "wb") as fh:
+        fh.write(bytes.fromhex(params.torrent_hex))
     extra = []
-    if args.listen_port:
-        extra.append("--listen-port=%d" % args.listen_port)
-    if args.rate:
-        extra.append("--max-overall-download-limit=%d" % int(args.rate))
+    if params.listen_port:
+        extra.append("--listen-port=%d" % params.listen_port)
+    if params.rate:
+        extra.append("--max-overall-download-limit=%d" % int(params.rate))
     proc = subprocess.Popen(aria2c_argv(torrent, directory, extra), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    emit(ev="listening", pid=os.getpid(), aria2c_pid=proc.pid)
+    reporter.emit(ev="listening", pid=os.getpid(), aria2c_pid=proc.pid)
     t0 = time.monotonic()
-    state = {"done": False}
 
-    def watch_stdin():
-        try:
-            sys.stdin.read()
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
+    def stop_on_command():
+        reporter.stopped.wait()
+        if proc.poll() is None:
+            proc.terminate()
 
-    threading.Thread(target=watch_stdin, daemon=True).start()
-    result = None
+    threading.Thread(target=stop_on_command, daemon=True).start()
+    verdict = None
     for raw in proc.stdout:
         line = raw.decode("utf-8", "replace")
         m = _PROGRESS.search(line)
-        if not m or state["done"]:
+        if not m or verdict is not None:
             continue
         if m.group(1) is None:  # SEED(...): complete
-            got = args.size
+            got = params.size
         else:
             got = int(float(m.group(1)) * _UNITS.get(m.group(2), 1))
             total = int(float(m.group(3)) * _UNITS.get(m.group(4), 1))
             if total and got >= total:
-                got = args.size
-        emit(ev="progress", bytes=min(got, args.size) if got < args.size else args.size)
-        if got >= args.size:
-            state["done"] = True
-            digest = _hash_growing(args.file, args.size, args.sha256, 1.0, 30, False)
-            ok = digest == args.sha256
-            result = ok
+                got = params.size
+        reporter.emit(ev="progress", bytes=min(got, params.size))
+        if got >= params.size:
+            digest = _hash_growing(params.file, params.size, 1.0, 30, Reporter(), False)
+            ok = digest == params.sha256
             if not ok:
                 with contextlib.suppress(OSError):
-                    os.unlink(args.file)
-            emit(ev="done", ok=ok, bytes=args.size, sha256=digest,
-                 seconds=round(time.monotonic() - t0, 3),
-                 error=None if ok else "sha256 mismatch: got %s, expected %s"
-                 % (digest, args.sha256))
+                    os.unlink(params.file)
+            verdict = dict(ok=ok, bytes=params.size, sha256=digest,
+                           seconds=round(time.monotonic() - t0, 3),
+                           error=None if ok else _mismatch(digest, params.sha256))
+            reporter.emit(ev="done", **verdict)
     rc = proc.wait()
-    if args.torrent_hex:  # written by us: leave nothing behind
-        with contextlib.suppress(OSError):
-            os.unlink(torrent)
-    if result is None:
-        emit(ev="done", ok=False, bytes=0, seconds=round(time.monotonic() - t0, 3),
-             error="aria2c exited (rc=%d) before the download completed" % rc)
-        return 1
-    return 0 if result else 1
+    proc.stdout.close()
+    with contextlib.suppress(OSError):
+        os.unlink(torrent)  # written by us: leave nothing behind
+    if verdict is None:
+        why = ("stopped by the control plane (%s)" % (reporter.lost or "stop")
+               if reporter.stopped.is_set() else
+               "aria2c exited (rc=%d) before the download completed" % rc)
+        verdict = dict(ok=False, bytes=0, seconds=round(time.monotonic() - t0, 3), error=why)
+        reporter.emit(ev="done", **verdict)
+    return verdict
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="chain.py", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="mode", required=True)
+class Params(object):
+    """Options of a mode as attributes, with the defaults of every mode."""
 
-    def common(sp):
-        sp.add_argument("--file", required=True)
-        sp.add_argument("--size", type=int, required=True)
-        sp.add_argument("--sha256", required=True)
-        sp.add_argument("--interval", type=float, default=0.5, help="progress every S seconds")
-        sp.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds of silence after which a peer counts as dead")
-        sp.add_argument("--idle-timeout", type=float, default=120.0)
-        sp.add_argument("--deadline", type=float, default=0)
-        sp.add_argument("--rate", type=float, default=0, help="send at most B bytes/s")
-        sp.add_argument("--sndbuf", type=int, default=0, help="SO_SNDBUF of sending sockets")
+    DEFAULTS = dict(interval=0.5, timeout=10.0, idle_timeout=120.0, deadline=0, rate=0,
+                    sndbuf=0, listen=None, chain=(), torrent_hex=None, listen_port=0)
 
-    r = sub.add_parser("relay")
-    common(r)
-    r.add_argument("--listen", required=True)
-    r.set_defaults(func=cmd_relay)
-    s = sub.add_parser("source")
-    common(s)
-    s.add_argument("--chain", required=True)
-    s.set_defaults(func=cmd_source)
-    w = sub.add_parser("watch")
-    common(w)
-    w.set_defaults(func=cmd_watch)
-    t = sub.add_parser("torrent")
-    common(t)
-    t.add_argument("--torrent", help="the .torrent file")
-    t.add_argument("--torrent-hex", help="the .torrent file's bytes, hex-encoded")
-    t.add_argument("--listen-port", type=int, default=0)
-    t.set_defaults(func=cmd_torrent)
-    return p
+    def __init__(self, **options):
+        values = dict(self.DEFAULTS)
+        values.update((k, v) for k, v in options.items() if v is not None)
+        for key in ("file", "size", "sha256"):
+            if key not in values:
+                raise ValueError("%s is required" % key)
+        self.__dict__.update(values)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+MODES = {"relay": run_relay, "source": run_source, "watch": run_watch, "torrent": run_torrent}
+
+
+def run(mode, params, reporter):
+    """Run ``mode`` with ``params`` (a :class:`Params`); errors become a failed verdict."""
+    if mode not in MODES:
+        raise ValueError("mode must be one of %s, got %r" % (", ".join(sorted(MODES)), mode))
     try:
-        return args.func(args)
+        return MODES[mode](params, reporter)
     except (OSError, ValueError) as exc:
-        emit(ev="error", msg="%s: %s" % (type(exc).__name__, exc))
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        msg = "%s: %s" % (type(exc).__name__, exc)
+        reporter.emit(ev="error", msg=msg)
+        return dict(ok=False, bytes=0, error=msg)

@@ -1,12 +1,15 @@
 """Golden image staging on the testbed: every strategy delivers a verified image to 4 hosts
-and installs it; a corrupted image is refused everywhere while the old version keeps serving;
-a host killed mid-transfer does not stop the others and is reported (chain, torrent)."""
+(relays started by the playbook lxcloud.cloud.stage_image through the runner, live progress
+over the coordinator) and installs it; a corrupted image is refused everywhere while the old
+version keeps serving; a host killed mid-transfer does not stop the others and is reported
+(chain, torrent); the playbook run by hand (by FQCN, from an empty directory) does the same."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -63,6 +66,20 @@ def _cli(tb: Testbed, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=tb.ansible_env(), timeout=600)
 
 
+def _assert_live_progress(out: str, hosts: list[str]) -> None:
+    """The live lines (one a second, not a TTY): every host with its percentage while the run
+    goes on, and a last line with every host verified."""
+    pat = re.compile(r"^\[\s*(\d+\.\d)s\] (\d)/4 verified  (.*)$")
+    lines = [m for m in map(pat.match, out.splitlines()) if m]
+    assert len(lines) >= 2, out
+    first = dict(p.split(":") for p in lines[0].group(3).split())
+    assert list(first) == hosts and all(re.fullmatch(r"\d+%|ok", v) for v in first.values()), out
+    assert any(v.endswith("%") for v in first.values()), out  # a line before the end
+    last = dict(p.split(":") for p in lines[-1].group(3).split())
+    assert lines[-1].group(2) == "4" and set(last.values()) == {"ok"}, out
+    assert [float(m.group(1)) for m in lines] == sorted(float(m.group(1)) for m in lines)
+
+
 def _installed_sha(tb: Testbed, host: str, version: str) -> str:
     out = tb.ssh(host, f"sha256sum {IMAGES}/{NAME}-{version}.raw", check=False).stdout
     return out.split()[0] if out else ""
@@ -84,7 +101,7 @@ def test_strategy_delivers_verified_image_to_4_hosts_and_installs_it(
         (h, "verified", "ok") for h in hosts4
     ]
     assert "4/4 hosts hold the verified image" in res.stdout
-    assert "% " in res.stdout or "ok" in res.stdout  # live progress lines were printed
+    _assert_live_progress(res.stdout, hosts4)
     want = hashlib.sha256(raw).hexdigest()
     img = find_image(repo_dir, NAME, "1")
     for h in hosts4:
@@ -149,8 +166,8 @@ def _stage_and_kill(tb: Testbed, hosts4: list[str], repo_dir: Path, strategy: st
             killed.set()
             tb.ssh(victim, ["kill", "-9", str(pids[victim])])
 
-    progress = stage(image, hosts, strategy, out=sys.stdout, rate=4 * MB, timeout=5,
-                     deadline=120, on_event=hook)
+    progress = stage(image, hosts, strategy, inventory=str(tb.inventory), out=sys.stdout,
+                     rate=4 * MB, timeout=5, deadline=120, on_event=hook)
     assert killed.is_set(), f"the transfer ended before the kill: {got}"
     return {r["host"]: r for r in progress.rows()}
 
@@ -183,17 +200,17 @@ def test_torrent_survives_a_peer_killed_mid_transfer(
 
 
 def test_stage_image_playbook_distributes_installs_and_is_idempotent(
-    tb: Testbed, hosts4: list[str], repo: tuple[Path, bytes]
+    tb: Testbed, hosts4: list[str], repo: tuple[Path, bytes], tmp_path: Path
 ) -> None:
     repo_dir, raw = repo
     two = hosts4[:2]
     _clean(tb, two)
     argv = [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(tb.inventory),
-            str(REPO / "playbooks" / "stage_image.yml"), "-l", ",".join(["localhost", *two]),
+            "lxcloud.cloud.stage_image", "-l", ",".join(["localhost", *two]),
             "-e", f"image_name={NAME}", "-e", "image_version=1", "-e", f"image_repo={repo_dir}",
             "-e", "stage_strategy=chain", "-e", "stage_report=false"]
     first = subprocess.run(argv, capture_output=True, text=True, env=tb.ansible_env(),
-                           timeout=300)
+                           timeout=300, cwd=tmp_path)  # by FQCN, from an empty directory
     assert first.returncode == 0, first.stdout + first.stderr
     assert "2/2 hosts hold the verified image" in first.stdout
     for h in two:
@@ -201,7 +218,7 @@ def test_stage_image_playbook_distributes_installs_and_is_idempotent(
             raw).hexdigest()
         assert f"{h}" + " " * (27 - len(h)) + ": ok=1    changed=1" in first.stdout
     second = subprocess.run(argv, capture_output=True, text=True, env=tb.ansible_env(),
-                            timeout=300)
+                            timeout=300, cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     for h in two:  # the install step: same verified version present, no change
         assert f"{h}" + " " * (27 - len(h)) + ": ok=1    changed=0" in second.stdout

@@ -306,8 +306,8 @@ def test_lvm_needs_vg_and_size(store_dir: Path):
 # -- the module, through ansible, against this machine -------------------------------------
 
 
-def _module(args: dict, check: bool = False) -> dict:
-    argv = [str(BIN / "ansible"), "localhost", "-c", "local", "-m", "lxcloud.cloud.image",
+def _module(args: dict, check: bool = False, module: str = "lxcloud.cloud.image") -> dict:
+    argv = [str(BIN / "ansible"), "localhost", "-c", "local", "-m", module,
             "-a", json.dumps(args), "-o", "-e", f"ansible_python_interpreter={sys.executable}"]
     if check:
         argv.append("--check")
