@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 # -*- coding: utf-8 -*-
 # Copyright: lxcloud developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -63,7 +62,7 @@ def emit(**ev):
 
 
 def parse_peer(text):
-    host, _, port = text.rpartition(":")
+    host, _colon, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError("peer must be ADDR:PORT, got %r" % text)
     return host.strip("[]"), int(port)
@@ -247,7 +246,7 @@ class _LineReader:
     def poll(self):
         """Consume whatever arrived without blocking."""
         while True:
-            r, _, _ = select.select([self.sock], [], [], 0)
+            r = select.select([self.sock], [], [], 0)[0]
             if not r:
                 return
             data = self.sock.recv(65536)
@@ -266,7 +265,7 @@ class _LineReader:
             left = end - time.monotonic()
             if left <= 0:
                 raise socket.timeout("no word from downstream for %ss" % timeout)
-            r, _, _ = select.select([self.sock], [], [], left)
+            r = select.select([self.sock], [], [], left)[0]
             if not r:
                 continue
             data = self.sock.recv(65536)
@@ -350,7 +349,7 @@ class Relay:
 
     def _accept(self, ls):
         while True:
-            conn, _ = ls.accept()
+            conn = ls.accept()[0]
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _send_upstream(self, msg):
@@ -634,7 +633,7 @@ def cmd_torrent(args):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="chain.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="chain.py", description=__doc__.split("\n\n", maxsplit=1)[0])
     sub = p.add_subparsers(dest="mode", required=True)
 
     def common(sp):
@@ -679,4 +678,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
