@@ -52,7 +52,7 @@ log = logging.getLogger("lxcloud.executor")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOKS = REPO_ROOT / "playbooks"
 DISK_BACKENDS = ("qcow2", "reflink", "copy", "lvm")
-RESULT_TASK = "lxcloud VM result"
+RESULT_TASK = "VM result"
 #: Deploy tasks whose failure means the disk was not prepared (else: the boot failed).
 PROLOG_TASKS = ("Clone the golden image", "Write the context disk")
 STEP_NAMES = {

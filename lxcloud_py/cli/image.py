@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
                     help="only distribute and verify; leave the file in IMAGE_DIR/incoming/")
     st.add_argument("--api-url", default=os.environ.get("LXCLOUD_API_URL"),
                     help="report installed images to this control plane ($LXCLOUD_API_URL; "
-                    "default: the inventory's lxcloud_api_url)")
+                    "default: the inventory's hypervisor_api_url)")
     st.add_argument("--no-report", dest="report", action="store_false",
                     help="do not report installed images to the control plane")
     st.add_argument("--json", metavar="FILE", help="also write the per-host results as JSON")
@@ -110,7 +110,7 @@ def install(args: argparse.Namespace, name: str, version: str, hosts: list[str])
             "-e", json.dumps({"image_name": name, "image_version": version,
                               "image_repo": str(Path(args.repo).resolve()),
                               **({"stage_hosts": args.group} if args.group else {}),
-                              **({"lxcloud_api_url": args.api_url} if args.api_url else {}),
+                              **({"hypervisor_api_url": args.api_url} if args.api_url else {}),
                               **({} if args.report else {"stage_report": False})})]
     env = dict(os.environ)
     env.setdefault("ANSIBLE_CONFIG", str(REPO_ROOT / "ansible.cfg"))

@@ -9,6 +9,9 @@ session.
   and init script are in place.
 - golden_node: host lxh1; verify asserts the callback script and cron entry are installed and
   that a dry run with a test context says "not yet due".
+- image_repo: host lxh1 as the repository host and a throw-away control plane; verify asserts
+  the captured image unpacks to the source, its metadata (sha256 of the compressed file, sizes)
+  and the control plane's record of it.
 """
 
 from __future__ import annotations
@@ -21,20 +24,36 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-#: role → testbed hosts its scenario uses
-SCENARIOS = {"hypervisor": 2, "golden_node": 1}
+ROLES = sorted(p.parents[1].name for p in (REPO / "roles").glob("*/meta/main.yml"))
 
 
-@pytest.mark.parametrize("role", sorted(SCENARIOS))
+def scenario_file(role: str) -> Path:
+    return REPO / "roles" / role / "molecule" / "default" / "molecule.yml"
+
+
+def scenario(role: str) -> dict:
+    return yaml.safe_load(scenario_file(role).read_text())
+
+
+def test_every_role_has_a_default_scenario() -> None:
+    assert ROLES, "no roles found"
+    missing = [r for r in ROLES if not scenario_file(r).is_file()]
+    assert not missing, f"roles without molecule/default/molecule.yml: {missing}"
+
+
+@pytest.mark.parametrize("role", ROLES)
 def test_role_molecule_default(role: str, testbed_factory) -> None:
     if not (BIN / "molecule").exists():
         pytest.fail("molecule is not installed in the venv (pip install -e .[test])")
-    testbed_factory(SCENARIOS[role])
+    conf = scenario(role)
+    # the scenario's platforms are testbed hosts lxh1..lxhN
+    testbed_factory(len(conf["platforms"]))
     env = dict(
         os.environ,
         PATH=f"{BIN}:{os.environ.get('PATH', '')}",
@@ -53,7 +72,9 @@ def test_role_molecule_default(role: str, testbed_factory) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-8000:]
     # Every step of the sequence ran and succeeded (none skipped), idempotence included.
-    for step in ("create", "converge", "idempotence", "verify", "destroy"):
+    steps = conf["scenario"]["test_sequence"]
+    assert {"create", "converge", "idempotence", "verify", "destroy"} <= set(steps), steps
+    for step in steps:
         assert re.search(rf"{step}\]?:? Executed: Successful", out), (
             f"molecule step {step} did not succeed:\n{out[-4000:]}"
         )

@@ -152,8 +152,8 @@ def test_capture_playbook_registers_and_is_idempotent(tmp_path: Path, api: FakeA
     argv = [str(BIN / "ansible-playbook"), str(REPO / "playbooks" / "image_capture.yml"),
             "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
             "-e", "image_name=golden", "-e", "image_version=1", "-e", f"image_source={src}",
-            "-e", f"image_repo={repo}", "-e", f"lxcloud_api_url={api.url}",
-            "-e", "lxcloud_api_session=oneadmin:pw"]
+            "-e", f"image_repo={repo}", "-e", f"image_api_url={api.url}",
+            "-e", "image_api_session=oneadmin:pw"]
     first = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "changed=2" in first.stdout  # the directory and the capture
