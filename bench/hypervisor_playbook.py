@@ -70,9 +70,9 @@ def main() -> int:
     serve = ServeProcess(db, work / "serve.log", bridge).start()
     try:
         extra = work / "vars.json"
-        extra.write_text(json.dumps({"lxcloud_api_url": serve.url,
-                                     "lxcloud_api_session": f"oneadmin:{pw}",
-                                     "lxcloud_apt_update_cache": False}))
+        extra.write_text(json.dumps({"hypervisor_api_url": serve.url,
+                                     "hypervisor_api_session": f"oneadmin:{pw}",
+                                     "hypervisor_apt_update_cache": False}))
         env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
         times = []
         for run in ("first", "second"):

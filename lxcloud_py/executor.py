@@ -38,7 +38,7 @@ from lxcloud_py.store import Store, schema
 log = logging.getLogger("lxcloud.executor")
 
 DISK_BACKENDS = ("qcow2", "reflink", "copy", "lvm")
-RESULT_TASK = "lxcloud VM result"
+RESULT_TASK = "VM result"
 #: Deploy tasks whose failure means the disk was not prepared (else: the boot failed).
 PROLOG_TASKS = ("Clone the golden image", "Write the context disk")
 STEP_NAMES = {

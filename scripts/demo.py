@@ -358,8 +358,8 @@ class Farm:
         hv_vars = self.work / "hypervisors-vars.json"
         fd = os.open(hv_vars, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump({"lxcloud_api_url": self.url, "lxcloud_api_session": self.session,
-                       "lxcloud_apt_update_cache": False}, fh)
+            json.dump({"hypervisor_api_url": self.url, "hypervisor_api_session": self.session,
+                       "hypervisor_apt_update_cache": False}, fh)
         t = time.monotonic()
         stream([str(BIN / "ansible-playbook"), "-i", inventory, "-e", f"@{hv_vars}",
                 str(REPO / "playbooks" / "hypervisors.yml")], env,
@@ -379,7 +379,7 @@ class Farm:
         with os.fdopen(fd, "w") as fh:
             json.dump({"image_name": FARM_IMAGE, "image_version": version,
                        "image_source": str(TEST_IMAGE / "golden.raw"), "image_repo": str(repo),
-                       "lxcloud_api_url": self.url, "lxcloud_api_session": self.session}, fh)
+                       "image_api_url": self.url, "image_api_session": self.session}, fh)
         stream([str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
                 "-e", f"@{cap_vars}", str(REPO / "playbooks" / "image_capture.yml")], env,
                show="ansible-playbook playbooks/image_capture.yml -e image_name=... "

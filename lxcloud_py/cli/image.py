@@ -110,7 +110,7 @@ def install(args: argparse.Namespace, name: str, version: str, hosts: list[str],
     variables = {"image_name": name, "image_version": version,
                  "image_repo": str(Path(args.repo).resolve()),
                  "stage_hosts": args.group or "all",
-                 **({"lxcloud_api_url": args.api_url} if args.api_url else {}),
+                 **({"hypervisor_api_url": args.api_url} if args.api_url else {}),
                  **({} if args.report else {"stage_report": False})}
     errors: dict[str, str] = {}
 

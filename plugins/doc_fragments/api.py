@@ -31,4 +31,13 @@ options:
     description: Extra attempts after a connection error (exponential backoff from 0.5 s).
     type: int
     default: 3
+attributes:
+  action_group:
+    description:
+      - Part of the action group C(lxcloud.cloud.api) (C(meta/runtime.yml)), so the API options
+        can be set once for every module that talks to the control plane, with
+        C(module_defaults) and C(group/lxcloud.cloud.api).
+    support: full
+    membership:
+      - lxcloud.cloud.api
 """

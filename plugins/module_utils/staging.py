@@ -3,7 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Install a compressed golden image on a hypervisor: verify, unpack streaming, rename atomically.
 
-Hypervisor side: stdlib only (plus ``names``), runs under ``/usr/bin/python3``.
+Hypervisor side: stdlib only (plus ``names``, and ``ansible.module_utils.urls`` to fetch an
+http(s)/file URL), runs under ``/usr/bin/python3``.
 
 The checksum is the sha256 of the **compressed stream as distributed** (the ``.zst``/``.gz``
 file in the image repository, the bytes that travel over the network), so a host can verify
@@ -145,11 +146,13 @@ def open_source(src, timeout=60):
     """A readable binary stream for ``src``: a local path, file:// or http(s):// URL."""
     if src.startswith(("http://", "https://", "file://")):
         from urllib.error import URLError
-        from urllib.request import urlopen
+
+        from ansible.module_utils.urls import ConnectionError as UrlConnectionError
+        from ansible.module_utils.urls import open_url
 
         try:
-            return urlopen(src, timeout=timeout)  # noqa: S310 - schemes checked above
-        except (URLError, OSError) as exc:
+            return open_url(src, timeout=timeout)
+        except (URLError, OSError, UrlConnectionError) as exc:
             raise StagingError("cannot fetch %s: %s" % (src, exc)) from None
     try:
         validate_abs_path(src, "src")

@@ -21,7 +21,7 @@ description:
     C(isoinfo)) with the rendered one, so the ISO's timestamps never cause a change.
   - In diff output the values of variables ending in TOKEN, PASSWORD, SECRET or KEY are masked.
 version_added: "0.1.0"
-author: lxcloud developers
+author: lxcloud developers (!UNKNOWN)
 options:
   name:
     description: File name of the ISO in I(dir) (letters, digits, C(.), C(_), C(-)).
@@ -48,6 +48,8 @@ options:
       - More context variables, merged into I(variables), whose values Ansible keeps out of its
         output and logs (C(no_log)), e.g. C(LXCLOUD_TOKEN).
     type: dict
+extends_documentation_fragment:
+  - lxcloud.cloud.attributes
 attributes:
   check_mode:
     support: full

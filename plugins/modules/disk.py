@@ -22,7 +22,7 @@ description:
   - An existing clone of a different base or backend is reported as an error rather than
     silently kept (or replaced when I(force=true)).
 version_added: "0.1.0"
-author: lxcloud developers
+author: lxcloud developers (!UNKNOWN)
 options:
   name:
     description:
@@ -79,6 +79,8 @@ options:
     description: Replace an existing clone whose backend or base differs instead of failing.
     type: bool
     default: false
+extends_documentation_fragment:
+  - lxcloud.cloud.attributes
 attributes:
   check_mode:
     support: full

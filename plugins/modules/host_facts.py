@@ -21,7 +21,7 @@ description:
     table (C(lxcloud.lease.list)).
   - libvirt is asked through python3-libvirt when importable, else through C(virsh -r).
   - Images are the staged image sidecars (C(NAME-VERSION.json)) in O(images_dir).
-author: lxcloud developers
+author: lxcloud developers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
@@ -30,6 +30,7 @@ attributes:
   idempotent:
     support: full
 extends_documentation_fragment:
+  - lxcloud.cloud.attributes
   - lxcloud.cloud.probe
   - lxcloud.cloud.api
 notes:

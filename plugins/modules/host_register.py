@@ -23,7 +23,7 @@ description:
     plane still sees it report; that is not a change.
   - With O(heartbeat=true) only the heartbeat is sent (last_seen; ERROR back to MONITORED), and
     the result is never changed.
-author: lxcloud developers
+author: lxcloud developers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
@@ -48,6 +48,7 @@ options:
     description: Override the probed storage size (MiB).
     type: int
 extends_documentation_fragment:
+  - lxcloud.cloud.attributes
   - lxcloud.cloud.probe
   - lxcloud.cloud.api
 seealso:

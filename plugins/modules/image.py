@@ -24,7 +24,7 @@ description:
   - Records the result in a JSON sidecar C(NAME-VERSION.json) next to the image and, when
     O(api_url) is given, reports it to the control plane with C(lxcloud.host.image).
 version_added: 0.1.0
-author: lxcloud developers
+author: lxcloud developers (!UNKNOWN)
 options:
   name:
     description: Image name (letters, digits, C(.), C(_), C(-)).
@@ -38,7 +38,7 @@ options:
     description:
       - The compressed image, a path on the host or a C(http://), C(https://) or C(file://) URL
         (streamed, not stored).
-      - Required when O(state=present) and the verified version is not installed yet.
+      - Required unless the same verified version is already installed (and O(force=false)).
     type: str
   sha256:
     description: sha256 of the compressed stream as distributed (64 hex digits).
@@ -90,6 +90,7 @@ options:
     description: This host's name as registered with the control plane (default the hostname).
     type: str
 extends_documentation_fragment:
+  - lxcloud.cloud.attributes
   - lxcloud.cloud.api
 attributes:
   check_mode:

@@ -23,7 +23,7 @@ description:
     on the control plane, done on every run).
   - A captured name+version is immutable, so a second run reports no change unless O(force).
 version_added: 0.1.0
-author: lxcloud developers
+author: lxcloud developers (!UNKNOWN)
 options:
   name:
     description: Image name.
@@ -62,6 +62,7 @@ options:
     type: bool
     default: false
 extends_documentation_fragment:
+  - lxcloud.cloud.attributes
   - lxcloud.cloud.api
 attributes:
   check_mode:

@@ -25,7 +25,7 @@ description:
     metadata, and with I(remove_storage=true) removes its disk and context files that lie
     under I(storage_dir).
 version_added: "0.1.0"
-author: lxcloud developers
+author: lxcloud developers (!UNKNOWN)
 requirements:
   - libvirt Python bindings (Debian python3-libvirt, or libvirt-python from PyPI)
 options:
@@ -139,6 +139,8 @@ options:
     description: Return the domain XML as C(xml).
     type: bool
     default: false
+extends_documentation_fragment:
+  - lxcloud.cloud.attributes
 attributes:
   check_mode:
     support: full

@@ -16,7 +16,7 @@ description:
     vCPUs, kernel, console log) and their state, for reconciling the control plane's view with
     what a host really runs.
 version_added: "0.1.0"
-author: lxcloud developers
+author: lxcloud developers (!UNKNOWN)
 requirements:
   - libvirt Python bindings (Debian python3-libvirt, or libvirt-python from PyPI)
 options:
@@ -31,12 +31,17 @@ options:
   prefix:
     description: Only domains whose name starts with this.
     type: str
+extends_documentation_fragment:
+  - lxcloud.cloud.attributes
 attributes:
   check_mode:
     support: full
     details: Read-only.
   diff_mode:
     support: none
+  idempotent:
+    support: full
+    details: Read-only.
 """
 
 EXAMPLES = r"""

@@ -197,9 +197,9 @@ def prepare(farm: Farm, leases: list[tuple[str, str, str, str]], hosts: list[str
     for h in hosts:  # a local lease file would override the control plane's lease table
         farm.ssh(h, "rm -f /etc/lxcloud/leases.csv")
     vars_file = farm.work / "hv-vars.json"
-    vars_file.write_text(json.dumps({"lxcloud_api_url": farm.url,
-                                     "lxcloud_api_session": farm.session,
-                                     "lxcloud_apt_update_cache": False}))
+    vars_file.write_text(json.dumps({"hypervisor_api_url": farm.url,
+                                     "hypervisor_api_session": farm.session,
+                                     "hypervisor_apt_update_cache": False}))
     vars_file.chmod(0o600)
     t0 = time.monotonic()
     _run([BIN / "ansible-playbook", "-i", farm.tb.inventory, "-e", f"@{vars_file}",

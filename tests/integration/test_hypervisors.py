@@ -114,11 +114,11 @@ def ssh(testbed_dir: Path, host: str, *argv: str, check: bool = True,
 
 def run_playbook(cp: ControlPlane, inventory: Path, workdir: Path, *extra: str):
     extra_vars = {
-        "lxcloud_api_url": cp.url,
-        "lxcloud_api_session": cp.session,
-        "lxcloud_apt_update_cache": False,
+        "hypervisor_api_url": cp.url,
+        "hypervisor_api_session": cp.session,
+        "hypervisor_apt_update_cache": False,
         "lxcloud_test_leases": LOCAL_LEASES,
-        "lxcloud_local_leases": "{{ lxcloud_test_leases[inventory_hostname] }}",
+        "hypervisor_local_leases": "{{ lxcloud_test_leases[inventory_hostname] }}",
     }
     vars_file = workdir / "extra-vars.json"
     vars_file.write_text(json.dumps(extra_vars))
@@ -319,8 +319,8 @@ def test_lvm_backend_creates_the_vg_once_and_registers_its_size(farm, tmp_path):
         pytest.skip(f"no loop device: {loop.stderr.strip()}")
     dev = loop.stdout.strip()
     vg = f"lxtest_{secrets.token_hex(4)}"
-    lvm = ["-e", json.dumps({"lxcloud_storage_backend": "lvm", "lxcloud_storage_vg": vg,
-                             "lxcloud_storage_pvs": [dev]}), "--limit", "lxh1"]
+    lvm = ["-e", json.dumps({"hypervisor_storage_backend": "lvm", "hypervisor_storage_vg": vg,
+                             "hypervisor_storage_pvs": [dev]}), "--limit", "lxh1"]
     try:
         out, _ = run_playbook(farm["cp"], farm["inventory"], farm["work"], *lvm)
         assert recap(out)["lxh1"]["changed"] > 0

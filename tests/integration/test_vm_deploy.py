@@ -121,7 +121,7 @@ def test_deploy_boot_rerun_destroy(tbhost: dict) -> None:
         doc = playbook(DEPLOY, extra, inventory=tb["inventory"], extra_args=limit)
         deploy_s = time.monotonic() - t0
         assert doc["rc"] != 0, "the VM with a missing image must fail the run"
-        result = items(doc, tb["host"], "lxcloud VM result")
+        result = items(doc, tb["host"], "VM result")
         assert set(result) == {name, bad}, "a VM of another host was deployed here"
         assert not result[name].get("failed"), result[name]
         assert result[bad].get("failed") and "does not exist" in result[bad]["msg"], result[bad]

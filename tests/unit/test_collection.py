@@ -43,8 +43,11 @@ def test_built_collection_installs_without_dev_files(installed: Path) -> None:
     assert (root / "MANIFEST.json").is_file()
     manifest = json.loads((root / "MANIFEST.json").read_text())
     assert manifest["collection_info"]["namespace"] == "lxcloud"
-    for dev_only in ("tests", "lxcloud_py", ".venv", "testbed"):
+    for dev_only in ("lxcloud_py", ".venv", "testbed", "bench", "scripts"):
         assert not (root / dev_only).exists(), dev_only
+    # of tests/, only ansible-test's sanity ignore files ship (ansible-test reads them there)
+    shipped = sorted(str(p.relative_to(root)) for p in (root / "tests").rglob("*") if p.is_file())
+    assert shipped and all(p.startswith("tests/sanity/ignore-") for p in shipped), shipped
 
 
 @pytest.mark.skipif(not MODULES, reason="no modules yet")

@@ -77,7 +77,7 @@ class ScriptedRun:
                 name = item["name"]
                 bad = name in failed
                 on_event({"event": "runner_item_on_failed" if bad else "runner_item_on_ok",
-                          "event_data": {"host": host, "task": "lxcloud VM result",
+                          "event_data": {"host": host, "task": "VM result",
                                          "res": {"_ansible_item_label": name, "vm": item,
                                                  "msg": f"{name} failed: {failed[name]}" if bad
                                                  else f"{name} running"}}})

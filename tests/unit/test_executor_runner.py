@@ -28,7 +28,7 @@ PLAYBOOK = """\
         msg: "{{ vm.note }}"
       loop: "{{ lxcloud_vms }}"
       loop_control: {loop_var: vm, label: "{{ vm.name }}"}
-    - name: lxcloud VM result
+    - name: VM result
       ansible.builtin.assert:
         that: vm.name != 'bad'
         fail_msg: "{{ vm.name }} failed: {{ greeting }}"
@@ -86,8 +86,8 @@ def test_run_events_modes_untemplated_and_cleanup(setup: dict[str, Path]) -> Non
     assert items == [
         ("runner_item_on_ok", "Echo", "good"),
         ("runner_item_on_ok", "Echo", "bad"),
-        ("runner_item_on_ok", "lxcloud VM result", "good"),
-        ("runner_item_on_failed", "lxcloud VM result", "bad"),
+        ("runner_item_on_ok", "VM result", "good"),
+        ("runner_item_on_failed", "VM result", "bad"),
     ]
     echo = next(e for e in events if e["event"] == "runner_item_on_ok")
     assert echo["event_data"]["res"]["msg"] == "{{ lookup('env', 'HOME') }}"  # not templated

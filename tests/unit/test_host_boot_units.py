@@ -22,7 +22,7 @@ UNITS = ("lxcloud-register.service", "lxcloud-heartbeat.service", "lxcloud-heart
 
 def render(name: str, **extra: object) -> str:
     text = (ROLE / "templates" / f"{name}.j2").read_text()
-    values = {"ansible_managed": "Ansible managed", "lxcloud_heartbeat_minutes": 5, **extra}
+    values = {"ansible_managed": "Ansible managed", "hypervisor_heartbeat_minutes": 5, **extra}
     return jinja2.Template(text, undefined=jinja2.StrictUndefined).render(**values)
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -228,6 +231,23 @@ def test_file_url_source(tmp_path: Path, store_dir: Path):
     src, sha = _pack(tmp_path, data)
     staging.stage(src.as_uri(), "golden", "1", sha, str(store_dir))
     assert (store_dir / "golden-1.raw").read_bytes() == data
+
+
+def test_http_url_source_and_a_missing_one(tmp_path: Path, store_dir: Path):
+    data = _raw(MiB)
+    src, sha = _pack(tmp_path, data)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            base = f"http://127.0.0.1:{server.server_address[1]}/"
+            staging.stage(base + src.name, "golden", "1", sha, str(store_dir))
+            with pytest.raises(staging.StagingError, match=r"cannot fetch .*/nothing\.zst.*404"):
+                staging.stage(base + "nothing.zst", "golden", "2", sha, str(store_dir))
+        finally:
+            server.shutdown()
+    assert (store_dir / "golden-1.raw").read_bytes() == data
+    assert not (store_dir / "golden-2.raw").exists()
 
 
 class FakeLVM:

@@ -152,8 +152,8 @@ def test_capture_playbook_registers_and_is_idempotent(tmp_path: Path, api: FakeA
     argv = [str(BIN / "ansible-playbook"), str(REPO / "playbooks" / "image_capture.yml"),
             "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
             "-e", "image_name=golden", "-e", "image_version=1", "-e", f"image_source={src}",
-            "-e", f"image_repo={repo}", "-e", f"lxcloud_api_url={api.url}",
-            "-e", "lxcloud_api_session=oneadmin:pw"]
+            "-e", f"image_repo={repo}", "-e", f"image_api_url={api.url}",
+            "-e", "image_api_session=oneadmin:pw"]
     first = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "changed=2" in first.stdout  # the directory and the capture
@@ -161,3 +161,30 @@ def test_capture_playbook_registers_and_is_idempotent(tmp_path: Path, api: FakeA
     second = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert second.returncode == 0 and "changed=0" in second.stdout, second.stdout
     assert [c[1:4] for c in api.calls] == [("golden", "1", meta["sha256"])] * 2
+
+
+@pytest.mark.slow
+def test_api_action_group_sets_the_api_options(tmp_path: Path, api: FakeAPI):
+    """meta/runtime.yml's action group lxcloud.cloud.api: module_defaults for the group reach
+    image_capture (the API options are nowhere else)."""
+    src, _ = _golden(tmp_path, MiB)
+    repo = tmp_path / "repo"
+    play = tmp_path / "play.yml"
+    play.write_text(json.dumps([{
+        "name": "Capture with the API options from module_defaults",
+        "hosts": "localhost",
+        "gather_facts": False,
+        "module_defaults": {"group/lxcloud.cloud.api": {"api_url": api.url,
+                                                        "api_session": "oneadmin:pw",
+                                                        "api_config": str(tmp_path / "none")}},
+        "tasks": [{"name": "Capture", "lxcloud.cloud.image_capture": {
+            "name": "golden", "version": "1", "source": str(src), "repo_dir": str(repo)}}],
+    }]))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+               ANSIBLE_LOCALHOST_WARNING="False", ANSIBLE_INVENTORY_UNPARSED_WARNING="False")
+    res = subprocess.run([str(BIN / "ansible-playbook"), str(play), "-c", "local",
+                          "-e", f"ansible_python_interpreter={sys.executable}"],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    meta = json.loads((repo / "golden-1.json").read_text())
+    assert [c[1:4] for c in api.calls] == [("golden", "1", meta["sha256"])]

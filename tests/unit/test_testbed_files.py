@@ -112,9 +112,9 @@ def test_generated_inventory_ssh_config_and_hosts_files(tb) -> None:
     assert "[hypervisors]" in inv
     assert "lxh2 ansible_host=10.213.0.12" in inv
     for var in ("ansible_user=root", "ansible_python_interpreter=/usr/bin/python3",
-                f"ansible_ssh_private_key_file={tb.key}", "lxcloud_state_dir=/var/lib/lxcloud",
-                "lxcloud_images_dir=/var/lib/lxcloud/images",
-                "lxcloud_api_url=http://10.213.0.1:2633/RPC2",
+                f"ansible_ssh_private_key_file={tb.key}", "hypervisor_state_dir=/var/lib/lxcloud",
+                "hypervisor_images_dir=/var/lib/lxcloud/images",
+                "hypervisor_api_url=http://10.213.0.1:2633/RPC2",
                 f"ansible_ssh_common_args='-F {tb.ssh_config}'"):
         assert var in inv.splitlines(), var
     known = (tb.dir / "known_hosts").read_text().splitlines()
