@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
                     help="only distribute and verify; leave the file in IMAGE_DIR/incoming/")
     st.add_argument("--api-url", default=os.environ.get("LXCLOUD_API_URL"),
                     help="report installed images to this control plane ($LXCLOUD_API_URL; "
-                    "default: the inventory's lxcloud_api_url)")
+                    "default: the inventory's hypervisor_api_url)")
     st.add_argument("--no-report", dest="report", action="store_false",
                     help="do not report installed images to the control plane")
     st.add_argument("--json", metavar="FILE", help="also write the per-host results as JSON")
