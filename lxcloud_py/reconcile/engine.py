@@ -21,7 +21,7 @@ from .rules import plan
 
 log = logging.getLogger("lxcloud.reconcile")
 
-DESTROY_RESULT = "lxcloud VM result"
+DESTROY_RESULT = "VM result"
 
 
 @dataclass

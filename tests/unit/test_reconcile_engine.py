@@ -48,7 +48,7 @@ class Hosts:
                         self.destroyed.append(item)
                         self.domains.get(host, {}).pop(item["name"], None)
                         on_event({"event": "runner_item_on_ok", "event_data": {
-                            "host": host, "task": "lxcloud VM result",
+                            "host": host, "task": "VM result",
                             "res": {"_ansible_item_label": item["name"]}}})
         return RunResult("successful", 0, 0.1)
 
