@@ -122,10 +122,11 @@ def scenario(lvm_guest) -> Iterator[dict]:
         classic = {"name": "vm1", "backend": "lvm", "vg": VG, "base": "golden-1",
                    "size": SNAP_COW, "lvm_snapshot": "classic"}
         thin = {"name": "vm2", "backend": "lvm", "vg": VG, "base": "tgolden-1"}
-        lvs = {"argv": ["lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o",
-                        "lv_name,segtype,pool_lv,origin,lv_size,lv_attr", VG]}
+        # plain commands go through raw: no python3 start in the guest (seconds under TCG)
+        lvs = ("lvs --reportformat json --units b --nosuffix "
+               f"-o lv_name,segtype,pool_lv,origin,lv_size,lv_attr {VG}")
 
-        def t(name: str, module: str, args: dict, **kw) -> dict:
+        def t(name: str, module: str, args: dict | str, **kw) -> dict:
             return {"name": name, module: args, "ignore_errors": True, **kw}
 
         scenario_tasks = [
@@ -133,27 +134,24 @@ def scenario(lvm_guest) -> Iterator[dict]:
             t("stage again", "lxcloud.cloud.image", {"name": "golden", "version": "1", **image}),
             t("stage thin", "lxcloud.cloud.image",
               {"name": "tgolden", "version": "1", "thin_pool": POOL, **image}),
-            t("lvs staged", "ansible.builtin.command", lvs),
+            t("lvs staged", "ansible.builtin.raw", lvs),
             t("snapshot check mode", "lxcloud.cloud.disk", classic, check_mode=True),
             t("snapshot", "lxcloud.cloud.disk", classic),
             t("snapshot again", "lxcloud.cloud.disk", classic),
             t("thin clone", "lxcloud.cloud.disk", thin),
             t("thin clone again", "lxcloud.cloud.disk", thin),
-            t("clones hold the image", "ansible.builtin.shell",
-              {"cmd": f"cmp -n {size} /dev/{VG}/vm1 /dev/{VG}/golden-1 && "
-                      f"cmp -n {size} /dev/{VG}/vm2 /dev/{VG}/tgolden-1"}),
-            t("overflow the snapshot", "ansible.builtin.command",
-              {"argv": ["dd", "if=/dev/urandom", f"of=/dev/{VG}/vm1", "bs=1M", "count=16",
-                        "oflag=direct", "status=none"]}),
+            t("clones hold the image", "ansible.builtin.raw",
+              f"cmp -n {size} /dev/{VG}/vm1 /dev/{VG}/golden-1 && "
+              f"cmp -n {size} /dev/{VG}/vm2 /dev/{VG}/tgolden-1"),
+            t("overflow the snapshot", "ansible.builtin.raw",
+              f"dd if=/dev/urandom of=/dev/{VG}/vm1 bs=1M count=16 oflag=direct status=none"),
             t("overflowed snapshot", "lxcloud.cloud.disk", classic),
-            t("fill the VG", "ansible.builtin.command",
-              {"argv": ["lvcreate", "--yes", "-l", "100%FREE", "-n", FILLER, VG]}),
+            t("fill the VG", "ansible.builtin.raw", f"lvcreate --yes -l 100%FREE -n {FILLER} {VG}"),
             t("snapshot in a full VG", "lxcloud.cloud.disk", dict(classic, name="vm3")),
             t("stage into a full VG", "lxcloud.cloud.image",
               {"name": "golden", "version": "2", **image}),
-            t("lvs full", "ansible.builtin.command", lvs),
-            t("free the VG", "ansible.builtin.command", {"argv": ["lvremove", "--yes",
-                                                                 f"{VG}/{FILLER}"]}),
+            t("lvs full", "ansible.builtin.raw", lvs),
+            t("free the VG", "ansible.builtin.raw", f"lvremove --yes {VG}/{FILLER}"),
             t("remove snapshot", "lxcloud.cloud.disk",
               {"name": "vm1", "backend": "lvm", "vg": VG, "state": "absent"}),
             t("remove snapshot again", "lxcloud.cloud.disk",
@@ -162,7 +160,7 @@ def scenario(lvm_guest) -> Iterator[dict]:
               {"name": "vm2", "backend": "lvm", "vg": VG, "state": "absent"}),
             t("remove thin clone again", "lxcloud.cloud.disk",
               {"name": "vm2", "backend": "lvm", "vg": VG, "state": "absent"}),
-            t("lvs end", "ansible.builtin.command", lvs),
+            t("lvs end", "ansible.builtin.raw", lvs),
         ]
         pb = [
             {"name": "storage", "hosts": "lvm_guests", "gather_facts": False,
@@ -184,7 +182,8 @@ def scenario(lvm_guest) -> Iterator[dict]:
 
 def lv_names(res: dict) -> dict[str, dict]:
     assert res.get("rc") == 0, res
-    report = json.loads(res["stdout"])["report"][0]["lv"]
+    out = res["stdout"]  # raw runs on a tty: stderr may be mixed in, the JSON is one object
+    report = json.loads(out[out.index("{"):out.rindex("}") + 1])["report"][0]["lv"]
     return {lv["lv_name"]: lv for lv in report}
 
 
