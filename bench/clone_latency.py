@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Clone + define + start latency of one VM, per disk backend.
+"""Clone + define + start latency of one VM, per disk backend; with --guest, clone latency of
+LVM classic and thin snapshots next to qcow2 overlays and reflink copies in the LVM guest.
 
 For each backend (qcow2 overlay, reflink on a btrfs loop filesystem made here, plain sparse
 copy; lvm is reported as skipped with the reason when device-mapper is missing) it runs N
@@ -13,11 +14,22 @@ device; libvirtd only if it started it).
 
 The golden image is the test image (images/build-test-image) padded with --data-mb MiB of
 random data after its filesystem, so that copying it costs what copying real data costs.
+
+    sudo .venv/bin/python bench/clone_latency.py --guest [-n 50] [--data-mb 64]
+
+--guest boots (or reuses) the LVM guest (testbed/lvm-guest: device-mapper, software emulation)
+and runs there, in one python3 process, N clones per backend with lxcloud's disk_backends
+(what lxcloud.cloud.disk does, without Ansible): lvm-classic (lvcreate -s -L 8M of a plain LV),
+lvm-thin (lvcreate -s of a thin LV), qcow2 (overlay) and reflink (cp --reflink=always), the file
+backends on an xfs (reflink=1) filesystem on an LV of the same disk.  Clones are kept until all N
+are made (the Nth snapshot of an origin is not the first).  Prints p50/p99 of the whole clone
+(lvs/qemu-img checks included) and of the creating command alone; then removes everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -113,8 +125,9 @@ def lvm_reason():
         rc, out, err = run(["lvcreate", "-q", "-L", "16M", "-n", "golden", vg])
         if rc != 0:
             lines = [x.strip() for x in err.splitlines() if "device-mapper" in x]
-            return "lvcreate fails: " + (lines[0] if lines else err.strip()[-200:])
-        return "lvm works here, but this benchmark does not drive it yet"
+            return ("lvcreate fails: " + (lines[0] if lines else err.strip()[-200:])
+                    + "; --guest measures lvm in the LVM guest")
+        return "lvm works here, but this benchmark drives lvm in the LVM guest: use --guest"
     finally:
         run(["vgremove", "-f", "-q", vg])
         if loop:
@@ -154,13 +167,168 @@ def one(conn, backend, golden, disks, i):
     return t
 
 
+GUEST_VG = "lxlvmbench"
+GUEST_MNT = "/mnt/lxlvm-bench"
+GUEST_BACKENDS = ("lvm-classic", "lvm-thin", "qcow2", "reflink")
+
+
+def in_lvm_guest():
+    """True only inside the LVM guest (its kernel command line and hostname): --in-guest makes
+    a volume group on /dev/vda, which on a host may be its root disk."""
+    try:
+        with open("/proc/cmdline") as f:
+            cmdline = f.read().split()
+    except OSError:
+        return False
+    return any(a.startswith("lxlvm.state=") for a in cmdline) and os.uname()[1] == "lxlvm-guest"
+
+
+def sh(*argv):
+    rc, out, err = run(list(argv))
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(argv)}: rc={rc} {err.strip()}")
+    return out
+
+
+def guest_bench(n, data_mb):
+    """Runs in the guest: N clones per backend; returns {backend: {clone: [s], create: [s]}}."""
+    if not in_lvm_guest():
+        sys.exit("--in-guest runs only inside the LVM guest (testbed/lvm-guest); refusing")
+    golden_src = os.path.join(IMAGE, "golden.raw")
+    size = os.path.getsize(golden_src) + data_mb * 2**20
+    for vg in sh("vgs", "--noheadings", "-o", "vg_name").split():
+        sh("vgremove", "-ff", "-y", vg)
+    run(["pvremove", "-ff", "-y", "/dev/vda"])
+    sh("wipefs", "-qa", "/dev/vda")
+    sh("vgcreate", "-q", "-y", GUEST_VG, "/dev/vda")
+    local = "/var/tmp/lxlvm-golden.raw"
+    make_golden_from(golden_src, local, data_mb)
+    sh("lvcreate", "-q", "-y", "-L", f"{size}b", "-n", "golden", GUEST_VG)
+    sh("lvcreate", "-q", "-y", "--type", "thin-pool", "-L", "1G", "-n", "pool", GUEST_VG)
+    sh("lvcreate", "-q", "-y", "-V", f"{size}b", "-T", f"{GUEST_VG}/pool", "-n", "tgolden")
+    sh("lvcreate", "-q", "-y", "-L", "1G", "-n", "files", GUEST_VG)
+    for lv in ("golden", "tgolden"):
+        sh("dd", f"if={local}", f"of=/dev/{GUEST_VG}/{lv}", "bs=4M", "conv=fsync", "status=none")
+    sh("mkfs.xfs", "-q", "-m", "reflink=1", f"/dev/{GUEST_VG}/files")
+    os.makedirs(GUEST_MNT, exist_ok=True)
+    sh("mount", f"/dev/{GUEST_VG}/files", GUEST_MNT)
+    results = {}
+    try:
+        golden = os.path.join(GUEST_MNT, "golden.raw")
+        shutil.copyfile(local, golden)
+        with open(golden, "rb+") as f:
+            os.fsync(f.fileno())
+        os.unlink(local)
+        for backend in GUEST_BACKENDS:
+            created = []
+            times = {"clone": [], "create": []}
+
+            def timed(argv, _t=times):
+                t0 = time.perf_counter()
+                r = run(argv)
+                if argv[0] in ("lvcreate", "cp") or argv[:2] == ["qemu-img", "create"]:
+                    _t["create"].append(time.perf_counter() - t0)
+                return r
+
+            for i in range(n):
+                if backend.startswith("lvm"):
+                    thin = backend == "lvm-thin"
+                    spec = db.CloneSpec(f"vm{i}", "lvm", "tgolden" if thin else "golden",
+                                        vg=GUEST_VG, size=None if thin else "8M",
+                                        lvm_snapshot="thin" if thin else "classic")
+                else:
+                    spec = db.CloneSpec(f"vm{i}.{backend}", backend, golden,
+                                        directory=GUEST_MNT, base_format="raw")
+                t0 = time.perf_counter()
+                db.ensure_present(timed, spec)
+                times["clone"].append(time.perf_counter() - t0)
+                created.append(spec)
+            for spec in created:
+                db.ensure_absent(run, spec)
+            results[backend] = times
+    finally:
+        run(["umount", GUEST_MNT])
+        run(["vgremove", "-ff", "-y", GUEST_VG])
+        run(["pvremove", "-ff", "-y", "/dev/vda"])
+    return {"iterations": n, "golden_mib": size / 2**20, "results": results}
+
+
+def make_golden_from(src, path, data_mb):
+    shutil.copyfile(src, path)
+    with open(path, "r+b") as f:
+        f.seek(0, os.SEEK_END)
+        for _ in range(data_mb):
+            f.write(os.urandom(1024 * 1024))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def guest_main(args):
+    """On the host: boot (or reuse) the LVM guest, run the clones there, print the table."""
+    import importlib.util
+
+    if os.geteuid() != 0:
+        sys.exit("needs root (the LVM guest runs under libvirt's system instance)")
+    subprocess.run([os.path.join(REPO, "images", "build-test-image")], check=True,
+                   capture_output=True)
+    spec = importlib.util.spec_from_file_location(
+        "lxcloud_lvm_guest", os.path.join(REPO, "testbed", "lvm_guest.py"))
+    lg = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = lg
+    spec.loader.exec_module(lg)
+    guest = lg.Guest()
+    st = guest.up()
+    try:
+        coll = "/tmp/lxlvm-bench-collections"
+        remote = (f"mkdir -p {coll}/ansible_collections/lxcloud && "
+                  f"ln -sfn {REPO} {coll}/ansible_collections/lxcloud/cloud && "
+                  f"PYTHONPATH={coll} /usr/bin/python3 {os.path.abspath(__file__)} --in-guest "
+                  f"-n {int(args.iterations)} --data-mb {int(args.data_mb)}")
+        p = subprocess.run(guest.ssh_argv(remote), capture_output=True, text=True, check=False)
+        if p.returncode != 0:
+            sys.exit(f"the guest bench failed (rc={p.returncode}): {p.stderr[-3000:]}")
+        doc = json.loads(p.stdout)
+    finally:
+        if st.get("started"):
+            guest.down()
+    print(f"clone latency in the LVM guest (software emulation, 1 vCPU), {doc['iterations']} "
+          f"clones per backend kept until the last, golden image {doc['golden_mib']:.0f} MiB, "
+          "times in ms")
+    print(f"{'backend':<12}{'clone p50':>11}{'p99':>9}{'create cmd p50':>16}{'p99':>9}")
+    res = doc["results"]
+    for backend, t in res.items():
+        c = [x * 1000 for x in t["clone"]]
+        k = [x * 1000 for x in t["create"]]
+        print(f"{backend:<12}{statistics.median(c):>11.0f}{pct(c, 99):>9.0f}"
+              f"{statistics.median(k):>16.0f}{pct(k, 99):>9.0f}")
+    if "qcow2" in res:
+        ref = statistics.median(res["qcow2"]["clone"])
+        print("clone p50 relative to qcow2: " + ", ".join(
+            f"{b} {statistics.median(t['clone']) / ref:.2f}x" for b, t in res.items()))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", "--iterations", type=int, default=10)
     ap.add_argument("--data-mb", type=int, default=256,
                     help="MiB of random data appended to the golden image (default 256)")
     ap.add_argument("--backends", default="qcow2,reflink,copy,lvm")
+    ap.add_argument("--guest", action="store_true",
+                    help="measure lvm-classic, lvm-thin, qcow2 and reflink clones in the LVM "
+                         "guest (default -n 50, --data-mb 64)")
+    ap.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.guest or args.in_guest:
+        if "-n" not in sys.argv and "--iterations" not in sys.argv:
+            args.iterations = 50
+        if "--data-mb" not in sys.argv:
+            args.data_mb = 64
+    if args.in_guest:
+        print(json.dumps(guest_bench(args.iterations, args.data_mb)))
+        return
+    if args.guest:
+        guest_main(args)
+        return
     if os.geteuid() != 0:
         sys.exit("needs root (loop devices, mounts, libvirtd)")
     if not os.path.exists(os.path.join(IMAGE, "golden.raw")):

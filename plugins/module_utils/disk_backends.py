@@ -208,6 +208,10 @@ def mismatch(spec, state):
         return "%s %s" % (spec.path, state["problem"])
     if state.get("backend") != spec.backend:
         return "%s is a %s clone, not %s" % (spec.path, state.get("backend"), spec.backend)
+    if spec.backend == "lvm" and spec.lvm_snapshot != "auto" and \
+            state.get("thin") != (spec.lvm_snapshot == "thin"):
+        return "%s is a %s snapshot, not %s" % (
+            spec.path, "thin" if state.get("thin") else "classic", spec.lvm_snapshot)
     if state.get("base") != spec.base and os.path.realpath(state.get("base") or "") != \
             os.path.realpath(spec.base):
         return "%s is a clone of %s, not of %s" % (spec.path, state.get("base"), spec.base)
@@ -286,7 +290,7 @@ def remove_file_clone(path):
 # ---------------------------------------------------------------------------------------------
 # lvm
 
-LVS_FIELDS = "lv_name,vg_name,origin,pool_lv,segtype,lv_size,lv_attr"
+LVS_FIELDS = "lv_name,vg_name,origin,pool_lv,segtype,lv_size,lv_attr,snap_percent"
 
 
 def lvs(run, vg):
@@ -309,14 +313,31 @@ def parse_lvs(text):
     return result
 
 
+def snapshot_overflowed(lv):
+    """True for a classic snapshot whose copy-on-write space filled up: the kernel invalidated
+    it (``lv_attr`` state ``I``) and the clone's data is gone."""
+    attr = lv.get("lv_attr") or ""
+    return len(attr) > 4 and attr[0] in "sS" and attr[4] == "I"
+
+
 def lvm_state(run, spec):
     for lv in lvs(run, spec.vg):
         if lv.get("lv_name") == spec.name:
             seg = lv.get("segtype")
-            return {"path": spec.path, "backend": "lvm", "base": lv.get("origin") or None,
-                    "vg": spec.vg, "thin": seg == "thin", "segtype": seg,
-                    "problem": None if lv.get("origin") else
-                    "is a logical volume that is not a snapshot"}
+            st = {"path": spec.path, "backend": "lvm", "base": lv.get("origin") or None,
+                  "vg": spec.vg, "thin": seg == "thin", "segtype": seg,
+                  "lv_attr": lv.get("lv_attr"), "overflowed": snapshot_overflowed(lv),
+                  "problem": None}
+            if lv.get("origin") and seg != "thin" and lv.get("snap_percent") not in (None, ""):
+                st["cow_used_percent"] = float(lv["snap_percent"])
+            if not lv.get("origin"):
+                st["problem"] = "is a logical volume that is not a snapshot"
+            elif st["overflowed"]:
+                st["problem"] = (
+                    "is a snapshot that overflowed: its copy-on-write space (%s bytes) filled "
+                    "up and the kernel invalidated it, the VM's writes are lost"
+                    % lv.get("lv_size"))
+            return st
     return None
 
 
@@ -336,17 +357,39 @@ def lvm_create_argv(spec, thin):
             "%s/%s" % (spec.vg, spec.base)]
 
 
-def create_lvm_clone(run, spec, base_lv):
-    thin = spec.lvm_snapshot == "thin" or (
+def wants_thin(spec, base_lv):
+    return spec.lvm_snapshot == "thin" or (
         spec.lvm_snapshot == "auto" and base_lv.get("segtype") == "thin")
+
+
+def vg_free(run, vg):
+    """Free bytes in ``vg`` (None when vgs cannot tell)."""
+    rc, out, _ = run(["vgs", "--noheadings", "--units", "b", "--nosuffix", "-o", "vg_free", vg])
+    try:
+        return int(out.strip()) if rc == 0 else None
+    except ValueError:
+        return None
+
+
+def create_lvm_clone(run, spec, base_lv):
+    thin = wants_thin(spec, base_lv)
     argv = lvm_create_argv(spec, thin)
     rc, out, err = run(argv)
     if rc != 0:
         # lvcreate may leave the LV half-made (e.g. activation failed): remove what it left.
         if any(lv.get("lv_name") == spec.name for lv in _lvs_quiet(run, spec.vg)):
             run(lvm_remove_argv(spec.vg, spec.name))
-        raise DiskError("lvcreate failed (rc=%s): %s" % (rc, (err or out).strip()),
-                        cmd=argv, rc=rc, stdout=out, stderr=err)
+        text = (err or out).strip()
+        if "insufficient free space" in text or "Insufficient free space" in text:
+            free = vg_free(run, spec.vg)
+            msg = "volume group %s is full: %s, the snapshot %s needs %s: %s" % (
+                spec.vg, "unknown free space" if free is None else "%d bytes free" % free,
+                spec.name, spec.size, text)
+        elif "pool" in text and ("full" in text or "out of" in text):
+            msg = "the thin pool of %s/%s is full: %s" % (spec.vg, spec.base, text)
+        else:
+            msg = "lvcreate failed (rc=%s): %s" % (rc, text)
+        raise DiskError(msg, cmd=argv, rc=rc, stdout=out, stderr=err)
     return thin
 
 

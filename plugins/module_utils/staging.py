@@ -18,8 +18,11 @@ Layout in the storage directory (file backend)::
     .NAME-VERSION.*.tmp     only while unpacking; removed on any failure
 
 For the ``lvm`` backend the image is written onto ``/dev/VG/NAME-VERSION`` through a temporary
-LV ``NAME-VERSION-staging`` that is renamed once everything checked out; the sidecar still
-lives in the storage directory.
+LV ``NAME-VERSION-staging`` (a thin LV in ``thin_pool`` when one is named, so that clones of it
+are thin snapshots) that is renamed once everything checked out; the sidecar still lives in the
+storage directory.  A full volume group or pool fails before anything is written and leaves no
+LV behind; a staging LV left by a killed run is removed first; an installed LV that classic
+snapshots (VM disks) depend on is never replaced.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -168,7 +171,7 @@ class Plan:
     """What a staging run would do, computed without touching anything."""
 
     def __init__(self, name, version, sha256, storage_dir, fmt="raw", compression="zstd",
-                 backend="file", vg=None, size=None, dev_root="/dev"):
+                 backend="file", vg=None, size=None, dev_root="/dev", thin_pool=None):
         self.base = image_basename(name, version)
         self.name, self.version = name, version
         if not (isinstance(sha256, str) and len(sha256) == 64
@@ -191,11 +194,12 @@ class Plan:
             if not size:
                 raise StagingError("backend=lvm needs size (the unpacked size in bytes)")
             self.vg = vg
+            self.thin_pool = validate_name(thin_pool, "thin_pool") if thin_pool else None
             self.tmp_lv = self.base + "-staging"
             self.target = os.path.join(dev_root, vg, self.base)
             self.tmp_target = os.path.join(dev_root, vg, self.tmp_lv)
         else:
-            self.vg = None
+            self.vg = self.thin_pool = None
             self.target = os.path.join(self.storage_dir, "%s.%s" % (self.base, fmt))
             self.tmp_target = None
 
@@ -339,7 +343,7 @@ def _stream_unpack(src_stream, compression, out_argv_or_fd, expected_sha):
 
 def stage(src, name, version, sha256, storage_dir, compression="zstd", fmt="raw",
           backend="file", vg=None, size=None, force=False, check_mode=False, run=None,
-          dev_root="/dev", now=None):
+          dev_root="/dev", now=None, thin_pool=None):
     """Install the image; return a result dict with ``changed``, ``path``, ``meta``.
 
     Raises a StagingError subclass on any failure; nothing partial is left behind and a
@@ -347,7 +351,7 @@ def stage(src, name, version, sha256, storage_dir, compression="zstd", fmt="raw"
     """
     run = run or _default_run
     plan = Plan(name, version, sha256, storage_dir, fmt, compression, backend, vg, size,
-                dev_root)
+                dev_root, thin_pool)
     before = plan.current()
     if plan.up_to_date() and not force:
         return {"changed": False, "path": plan.target, "meta": before, "before": before}
@@ -414,22 +418,60 @@ def _stage_file(plan, stream, run):
 
 def lvm_commands(plan):
     """The exact commands of the lvm backend, in order (also what the unit tests check)."""
+    if plan.thin_pool:
+        create = ["lvcreate", "--yes", "--name", plan.tmp_lv, "--virtualsize",
+                  "%db" % plan.size, "--thin", "%s/%s" % (plan.vg, plan.thin_pool)]
+    else:
+        create = ["lvcreate", "--yes", "--name", plan.tmp_lv, "--size", "%db" % plan.size,
+                  plan.vg]
     return {
-        "create": ["lvcreate", "--yes", "--name", plan.tmp_lv, "--size", "%db" % plan.size,
-                   plan.vg],
+        "create": create,
         "write": ["dd", "of=" + plan.tmp_target, "bs=4M", "iflag=fullblock", "conv=fsync",
                   "status=none"],
+        "snapshots": ["lvs", "--noheadings", "--separator", ",", "-o",
+                      "lv_name,origin,segtype", plan.vg],
         "remove_old": ["lvremove", "--yes", "%s/%s" % (plan.vg, plan.base)],
         "rename": ["lvrename", plan.vg, plan.tmp_lv, plan.base],
         "remove_tmp": ["lvremove", "--yes", "%s/%s" % (plan.vg, plan.tmp_lv)],
     }
 
 
+def _classic_snapshots_of(plan, run, cmds):
+    """Names of the classic snapshots of the installed LV (lvremove would take them along)."""
+    rc, out, err = run(cmds["snapshots"])
+    if rc != 0:
+        raise StagingError("lvs failed", rc=rc, stdout=out, stderr=err, cmd=cmds["snapshots"])
+    names = []
+    for line in out.splitlines():
+        cols = [c.strip() for c in line.split(",")]
+        if len(cols) == 3 and cols[1] == plan.base and cols[2] != "thin":
+            names.append(cols[0])
+    return names
+
+
 def _stage_lvm(plan, stream, run):
     cmds = lvm_commands(plan)
+    if os.path.exists(plan.target):
+        snaps = _classic_snapshots_of(plan, run, cmds)
+        if snaps:
+            raise StagingError(
+                "cannot replace %s/%s: classic snapshots depend on it (VM disks: %s); remove "
+                "them first" % (plan.vg, plan.base, ", ".join(snaps)), snapshots=snaps)
+    if os.path.exists(plan.tmp_target):  # left by a killed run
+        run(cmds["remove_tmp"])
     rc, out, err = run(cmds["create"])
     if rc != 0:
-        raise StagingError("lvcreate failed", rc=rc, stdout=out, stderr=err, cmd=cmds["create"])
+        if os.path.exists(plan.tmp_target):  # lvcreate may leave it half-made
+            run(cmds["remove_tmp"])
+        text = (err or out).strip()
+        where = ("thin pool %s/%s" % (plan.vg, plan.thin_pool) if plan.thin_pool
+                 else "volume group %s" % plan.vg)
+        if "free space" in text or "full" in text:
+            raise DiskFull("%s has not enough free space for %s (%d bytes): %s"
+                           % (where, plan.base, plan.size, text), rc=rc, stdout=out,
+                           stderr=err, cmd=cmds["create"])
+        raise StagingError("lvcreate in %s failed: %s" % (where, text), rc=rc, stdout=out,
+                           stderr=err, cmd=cmds["create"])
     try:
         digest, nbytes = _stream_unpack(stream, plan.compression, cmds["write"], plan.sha256)
         _check_image(run, plan.tmp_target, plan.format)
@@ -444,7 +486,10 @@ def _stage_lvm(plan, stream, run):
     except BaseException:
         run(cmds["remove_tmp"])
         raise
-    return _meta(plan, digest, nbytes, plan.size)
+    meta = _meta(plan, digest, nbytes, plan.size)
+    if plan.thin_pool:
+        meta["thin_pool"] = plan.thin_pool
+    return meta
 
 
 def report(params, host, name, version, sha256, state):

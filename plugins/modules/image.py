@@ -71,6 +71,11 @@ options:
   vg:
     description: Volume group for O(backend=lvm).
     type: str
+  thin_pool:
+    description:
+      - With O(backend=lvm), write the image onto a thin LV in this thin pool of O(vg) (so that
+        C(lxcloud.cloud.disk) clones it as thin snapshots); default a plain LV.
+    type: str
   force:
     description: Re-install even when the same verified version is present.
     type: bool
@@ -124,6 +129,17 @@ EXAMPLES = r"""
     size: 10737418240
     backend: lvm
     vg: vmvg
+
+- name: The same onto a thin LV, so that VM disks are thin snapshots of it
+  lxcloud.cloud.image:
+    name: slc5-batch
+    version: "2024.1"
+    src: /var/lib/lxcloud/images/incoming/slc5-batch-2024.1.raw.zst
+    sha256: "{{ image_sha256 }}"
+    size: 10737418240
+    backend: lvm
+    vg: vmvg
+    thin_pool: pool
 """
 
 RETURN = r"""
@@ -172,6 +188,7 @@ def main():
             storage_dir=dict(type="path", default="/var/lib/lxcloud/images"),
             backend=dict(type="str", default="file", choices=["file", "lvm"]),
             vg=dict(type="str"),
+            thin_pool=dict(type="str"),
             force=dict(type="bool", default=False),
             remove_src=dict(type="bool", default=False),
             report=dict(type="bool"),
@@ -193,13 +210,14 @@ def main():
 
     try:
         plan = Plan(p["name"], p["version"], p["sha256"], p["storage_dir"], p["format"],
-                    p["compression"], p["backend"], p["vg"], p["size"])
+                    p["compression"], p["backend"], p["vg"], p["size"],
+                    thin_pool=p["thin_pool"])
         if (not plan.up_to_date() or p["force"]) and not p["src"]:
             module.fail_json(msg="src is required: %s %s is not installed and verified"
                              % (p["name"], p["version"]))
         result = stage(p["src"] or "", p["name"], p["version"], p["sha256"], p["storage_dir"],
                        compression=p["compression"], fmt=p["format"], backend=p["backend"],
-                       vg=p["vg"], size=p["size"], force=p["force"],
+                       vg=p["vg"], size=p["size"], force=p["force"], thin_pool=p["thin_pool"],
                        check_mode=module.check_mode, run=run)
     except (StagingError, InvalidName) as exc:
         details = getattr(exc, "details", {})

@@ -1,8 +1,8 @@
 """lxcloud.cloud.disk through Ansible, on real filesystems: qcow2 and copy on a temp dir, reflink
-on btrfs and xfs (reflink=1) loop filesystems made here, lvm on a loop-device VG where
-device-mapper allows it.  Each backend: check mode, real, check again, second real run (no
-change), absent, absent again.  Plus the module-level refusals (bad names, golden images that
-reference a backing or data file)."""
+on btrfs and xfs (reflink=1) loop filesystems made here (lvm, which needs device-mapper, is
+tested in the LVM guest: test_lvm.py).  Each backend: check mode, real, check again, second
+real run (no change), absent, absent again.  Plus the module-level refusals (bad names, golden
+images that reference a backing or data file)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -224,58 +223,3 @@ def test_bad_names_refused_before_any_path_or_command(workdir: str) -> None:
         assert r.get("failed") and r["item"] == "disk name", (bad, r)
     assert sorted(os.listdir(workdir)) == ["golden.raw"]
     assert not os.path.exists("/var/tmp/escape.qcow2")
-
-
-@pytest.fixture
-def lvm_vg() -> Iterator[str]:
-    """A volume group on a loop device (PVs and VGs work without device-mapper)."""
-    for tool in ("pvcreate", "vgcreate", "lvcreate"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} not installed (scripts/bootstrap installs lvm2)")
-    top = tempfile.mkdtemp(prefix="lxvm-lvm-", dir="/var/tmp")
-    img = os.path.join(top, "pv.img")
-    with open(img, "wb") as f:
-        f.truncate(128 * 1024 * 1024)
-    vg = "lxvmtest" + uuid.uuid4().hex[:8]
-    loop = None
-    try:
-        loop = sh("losetup", "-f", "--show", img).stdout.strip()
-        sh("pvcreate", "-q", loop)
-        sh("vgcreate", "-q", vg, loop)
-        yield vg
-    finally:
-        sh("vgremove", "-f", "-q", vg, check=False)
-        if loop:
-            sh("pvremove", "-f", "-q", loop, check=False)
-            sh("losetup", "-d", loop, check=False)
-        shutil.rmtree(top, ignore_errors=True)
-
-
-def test_lvm_module_reads_the_real_lvs_report(lvm_vg: str) -> None:
-    args = {"name": "lxvm-snap", "backend": "lvm", "vg": lvm_vg, "base": "nogolden", "size": "8M"}
-    r = adhoc("lxcloud.cloud.disk", args)
-    assert r.get("failed") and f"{lvm_vg}/nogolden does not exist" in r["msg"], r
-    r = adhoc("lxcloud.cloud.disk", {"name": "lxvm-snap", "backend": "lvm", "vg": lvm_vg,
-                                     "state": "absent"})
-    assert not r.get("failed") and r["changed"] is False, r
-
-
-def test_lvm_classic_snapshot(lvm_vg: str) -> None:
-    r = sh("lvcreate", "-q", "-L", "16M", "-n", "golden", lvm_vg, check=False)
-    if r.returncode != 0:
-        if "device-mapper" not in r.stderr:
-            pytest.fail(f"lvcreate failed for another reason than device-mapper: {r.stderr}")
-        line = next(x for x in r.stderr.splitlines() if "device-mapper" in x).strip()
-        pytest.skip(
-            f"no device-mapper on this machine, lvcreate fails ({line}); the lvm command "
-            "lines are covered by tests/unit/test_disk_backends.py"
-        )
-    args = {"name": "lxvm-snap", "backend": "lvm", "vg": lvm_vg, "base": "golden", "size": "8M"}
-    r = adhoc("lxcloud.cloud.disk", args, check=True)
-    assert r["changed"]
-    r = adhoc("lxcloud.cloud.disk", args)
-    assert r["changed"] and r["path"] == f"/dev/{lvm_vg}/lxvm-snap", r
-    assert adhoc("lxcloud.cloud.disk", args)["changed"] is False
-    gone = {"name": "lxvm-snap", "backend": "lvm", "vg": lvm_vg, "state": "absent"}
-    assert adhoc("lxcloud.cloud.disk", gone)["changed"] is True
-    assert adhoc("lxcloud.cloud.disk", gone)["changed"] is False
