@@ -111,9 +111,9 @@ def scenario(lvm_guest) -> Iterator[dict]:
     try:
         gz, sha, size = golden_gz(work)
         role_vars = {
-            "lxcloud_storage_backend": "lvm", "lxcloud_storage_vg": VG,
-            "lxcloud_storage_pvs": ["/dev/vda"], "lxcloud_storage_thin_pool": POOL,
-            "lxcloud_storage_thin_pool_size": "256M",
+            "hypervisor_storage_backend": "lvm", "hypervisor_storage_vg": VG,
+            "hypervisor_storage_pvs": ["/dev/vda"], "hypervisor_storage_thin_pool": POOL,
+            "hypervisor_storage_thin_pool_size": "256M",
         }
         storage = {"include_role": {"name": "lxcloud.cloud.hypervisor",
                                     "tasks_from": "storage.yml"}}
