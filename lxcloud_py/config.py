@@ -213,6 +213,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api.max_threads", "--max-threads", _positive_int,
             _lazy("lxcloud_py.api.server", "DEFAULT_MAX_THREADS"),
             "requests handled at once (each holds a DB connection)"),
+    Setting("api.request_deadline", "--request-deadline", _positive_number, 10.0,
+            "seconds a request's head and body may take from its first byte (else 408)"),
+    Setting("api.idle_timeout", "--idle-timeout", _positive_number, 15.0,
+            "seconds an idle keep-alive connection is kept"),
+    Setting("api.max_connections", "--max-connections", _positive_int, 4096,
+            "open connections in all (more: 503)"),
+    Setting("api.max_per_address", "--max-per-address", _positive_int, 256,
+            "open connections from one client address (more: 503)"),
+    Setting("limits.max_cpu", "--max-vm-cpu", _positive_number, 1024.0,
+            "largest CPU a template may ask for (checked at allocate)"),
+    Setting("limits.max_vcpu", "--max-vm-vcpu", _positive_int, 1024,
+            "largest VCPU a template may ask for"),
+    Setting("limits.max_memory_mb", "--max-vm-memory", _positive_int, 4 * 1024 * 1024,
+            "largest MEMORY (MB) a template may ask for"),
+    Setting("limits.max_attributes", "--max-template-attributes", _positive_int, 1000,
+            "attributes (vector entries included) a template may have"),
+    Setting("limits.max_value_chars", "--max-template-value", _positive_int, 64 * 1024,
+            "characters one template value may have"),
     Setting("api.monitor_interval", "--monitor-interval", _positive_number, 60.0,
             "seconds between host heartbeats (and between monitor cycles)"),
     Setting("api.missed_intervals", "--missed-intervals", _positive_int, 3,
@@ -252,7 +270,7 @@ SETTINGS: tuple[Setting, ...] = (
 )  # fmt: skip
 SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
 #: Sections whose every key is declared above: any other key in the file is an error.
-OWNED_SECTIONS = ("daemon", "api", "reconcile")
+OWNED_SECTIONS = ("daemon", "api", "reconcile", "limits")
 
 
 @dataclass

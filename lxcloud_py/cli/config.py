@@ -15,7 +15,7 @@ from typing import Any
 from lxcloud_py.config import SETTINGS, Settings, add_setting_flags
 from lxcloud_py.table import render
 
-SECTIONS = ("daemon", "api", "scheduler", "executor", "reconcile")
+SECTIONS = ("daemon", "api", "scheduler", "executor", "reconcile", "limits")
 
 
 def register(subparsers: Any) -> None:

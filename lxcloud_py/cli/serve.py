@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="YAML config (default: $LXCLOUD_CONFIG)")
-    for section in ("daemon", "api", "scheduler", "executor", "reconcile"):
+    for section in ("daemon", "api", "scheduler", "executor", "reconcile", "limits"):
         add_setting_flags(p, section)
     p.set_defaults(func=cmd_serve)
 

@@ -30,6 +30,10 @@ class ApiStage(Stage):
             self.address,
             max_request_bytes=api["max_request_bytes"],
             max_threads=api["max_threads"],
+            request_deadline=api["request_deadline"],
+            idle_timeout=api["idle_timeout"],
+            max_connections=api["max_connections"],
+            max_per_ip=api["max_per_address"],
         )
         self._thread = threading.Thread(target=self.server.serve_forever, name="api", daemon=True)
         self._closed = False

@@ -39,6 +39,14 @@ log = logging.getLogger("lxcloud.daemon")
 EXIT_NOW = 128 + signal.SIGTERM
 
 
+
+def apply_limits(settings: Settings) -> None:
+    """The ``limits`` section: the bounds every allocation in this process checks."""
+    from lxcloud_py import vms
+
+    vms.configure_limits(vms.Limits(**settings.section("limits")))
+
+
 @dataclass
 class StageContext:
     """What a stage gets: the store it shares with the others, and the settings."""
@@ -169,6 +177,7 @@ class Daemon:
     ) -> None:
         self.store = store
         self.settings = settings
+        apply_limits(settings)
         self.stage_types = stages
         self.reload_settings = reload_settings
         self.stages: list[Stage] = []
@@ -203,6 +212,7 @@ class Daemon:
             log.error("SIGHUP: the config does not load, keeping the old settings: %s", exc)
             return
         self.settings = settings
+        apply_limits(settings)
         for stage in self.stages:
             stage.reload(settings)
         log.info("SIGHUP: settings reloaded")

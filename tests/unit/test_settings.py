@@ -103,3 +103,22 @@ def test_config_show_lists_values_and_sources(
     assert "scheduler.max_placements_per_cycle" in text and "LXCLOUD_MAX_DISPATCH" in text
     assert main(["config", "show", "--sched-interval", "-1"]) == 1
     assert "daemon.sched_interval" in capsys.readouterr().err
+
+
+def test_limits_section_bounds_allocation(tmp_path: Path) -> None:
+    """The `limits` section (or its flags) is what every allocation of the daemon checks."""
+    from lxcloud_py import vms
+    from lxcloud_py.daemon.core import apply_limits
+
+    path = conf(tmp_path, "limits:\n  max_memory_mb: 1024\n")
+    old = vms.limits()
+    try:
+        apply_limits(effective(load_config(path), {"max_vm_vcpu": "2"}, {}))
+        with pytest.raises(InvalidInput, match="MEMORY 2048 is more than the limit 1024"):
+            vms.parse_spec("MEMORY = 2048")
+        with pytest.raises(InvalidInput, match="VCPU 4 is more than the limit 2"):
+            vms.parse_spec("VCPU = 4")
+        with pytest.raises(InvalidInput, match="limits"):
+            effective(load_config(conf(tmp_path, "limits:\n  max_ram: 1\n")), {}, {})
+    finally:
+        vms.configure_limits(old)
