@@ -16,7 +16,7 @@ from .model import VM, Host, HostObservation, Lease
 
 log = logging.getLogger("lxcloud.reconcile")
 
-RESULT_TASK = "lxcloud observation"
+RESULT_TASK = "LXCloud observation"
 
 
 def observe_hosts(runner: PlaybookRunner, hosts: Iterable[str], task_timeout: int,

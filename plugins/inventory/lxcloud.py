@@ -25,7 +25,8 @@ description:
     results can be cached (O(cache)).
   - The file must end in C(lxcloud.yml) or C(lxcloud.yaml).
 version_added: "0.1.0"
-author: lxcloud developers
+author:
+  - lxcloud developers (!UNKNOWN)
 extends_documentation_fragment:
   - constructed
   - inventory_cache

@@ -26,15 +26,9 @@ import time
 import xml.etree.ElementTree as ET
 import xmlrpc.client
 
-from ansible_collections.lxcloud.cloud.plugins.module_utils.wire import (  # noqa: F401
-    ACTION,
-    ALLOCATE,
-    AUTHENTICATION,
-    AUTHORIZATION,
+from ansible_collections.lxcloud.cloud.plugins.module_utils.wire import (
     ERROR_NAMES,
     INTERNAL,
-    NO_EXISTS,
-    SUCCESS,
     XML_RPC_API,
     split_session,
 )

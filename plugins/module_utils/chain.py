@@ -142,7 +142,7 @@ class CoordinatorClient(Reporter):
 
 
 def parse_peer(text):
-    host, _, port = text.rpartition(":")
+    host, _sep, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError("peer must be ADDR:PORT, got %r" % text)
     return host.strip("[]"), int(port)
@@ -327,7 +327,7 @@ class _LineReader:
     def poll(self):
         """Consume whatever arrived without blocking."""
         while True:
-            r, _, _ = select.select([self.sock], [], [], 0)
+            r, _w, _x = select.select([self.sock], [], [], 0)
             if not r:
                 return
             data = self.sock.recv(65536)
@@ -346,7 +346,7 @@ class _LineReader:
             left = end - time.monotonic()
             if left <= 0:
                 raise socket.timeout("no word from downstream for %ss" % timeout)
-            r, _, _ = select.select([self.sock], [], [], left)
+            r, _w, _x = select.select([self.sock], [], [], left)
             if not r:
                 continue
             data = self.sock.recv(65536)
@@ -438,7 +438,7 @@ class Relay:
     def _accept(self, ls):
         while True:
             try:
-                conn, _ = ls.accept()
+                conn, _peer = ls.accept()
             except OSError:
                 return  # closed: the relay is done
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
@@ -540,13 +540,13 @@ class Relay:
             self.image.path = self.args.file  # the sender's open file stays valid
             self.ok = True
             self.rep.emit(ev="verified", ok=True, bytes=self.image.have, sha256=digest,
-                 seconds=round(time.monotonic() - self.t0, 3))
+                          seconds=round(time.monotonic() - self.t0, 3))
         else:
             # F.part is removed once the sender has forwarded it
             self.mismatch = "sha256 mismatch: got %s, expected %s" % (digest, self.image.sha256)
             self.ok = False
             self.rep.emit(ev="verified", ok=False, bytes=self.image.have, sha256=digest,
-                 error=self.mismatch, seconds=round(time.monotonic() - self.t0, 3))
+                          error=self.mismatch, seconds=round(time.monotonic() - self.t0, 3))
         self.complete.set()
 
 

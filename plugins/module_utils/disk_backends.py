@@ -364,7 +364,7 @@ def wants_thin(spec, base_lv):
 
 def vg_free(run, vg):
     """Free bytes in ``vg`` (None when vgs cannot tell)."""
-    rc, out, _ = run(["vgs", "--noheadings", "--units", "b", "--nosuffix", "-o", "vg_free", vg])
+    rc, out, _err = run(["vgs", "--noheadings", "--units", "b", "--nosuffix", "-o", "vg_free", vg])
     try:
         return int(out.strip()) if rc == 0 else None
     except ValueError:

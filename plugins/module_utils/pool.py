@@ -13,10 +13,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import (
-    NO_EXISTS,
-    ApiError,
-)
+from ansible_collections.lxcloud.cloud.plugins.module_utils.api_client import ApiError
+from ansible_collections.lxcloud.cloud.plugins.module_utils.wire import NO_EXISTS
 
 #: The pool fields the module passes on (None: not given, keep the current value).
 POOL_FIELDS = (

@@ -24,7 +24,8 @@ description:
     when to stop; the verdict is the module's result as well.
   - Started by the playbook C(lxcloud.cloud.stage_image) (play C(relay)), which
     C(lxcloud image stage) runs; not useful on its own.
-author: lxcloud developers
+author:
+  - lxcloud developers (!UNKNOWN)
 options:
   mode:
     description: What this host does in the run.

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_daemon import Daemon, running_domains
-from test_daemon import dfarm as dfarm  # the fixture
+from test_daemon_testbed import Daemon, running_domains
+from test_daemon_testbed import dfarm as dfarm  # the fixture
 from test_farm import IMAGE, Farm, wait_for
 
 from lxcloud_py.store import schema

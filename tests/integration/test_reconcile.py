@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import select
-from test_daemon import descendants, files_on, playbook_running, vm_states
+from test_daemon_testbed import descendants, files_on, playbook_running, vm_states
 from test_farm import (
     DISKS,
     HOSTS,

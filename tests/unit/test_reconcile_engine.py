@@ -41,7 +41,7 @@ class Hosts:
                 facts = {"lxcloud_observation": {"domains": self.domains[host],
                                                  "files": self.files.get(host, {})}}
                 on_event({"event": "runner_on_ok", "event_data": {
-                    "host": host, "task": "lxcloud observation", "res": {"ansible_facts": facts}}})
+                    "host": host, "task": "LXCloud observation", "res": {"ansible_facts": facts}}})
             else:
                 for item in unsafe["lxcloud_vms"]:
                     if item["host"] == host:
