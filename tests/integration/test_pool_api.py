@@ -118,7 +118,11 @@ def test_module_is_idempotent_against_lxcloud_serve(served, tmp_path: Path) -> N
 
 def test_pool_vm_ends_itself_with_its_exit_code(served, tmp_path: Path) -> None:
     server, env = served
-    api = xmlrpc.client.ServerProxy(server.url)
+    with xmlrpc.client.ServerProxy(server.url) as api:  # keep-alive: closed after
+        _pool_vm_exit(api, server, env, tmp_path)
+
+
+def _pool_vm_exit(api: xmlrpc.client.ServerProxy, server, env, tmp_path: Path) -> None:
     template = 'MEMORY = 64\nCONTEXT = [ VM_EXIT_CODE = "300", VM_EXIT_MESSAGE = "queue empty" ]\n'
     ok, pid, _ = api.lxcloud.pool.allocate(ADMIN, {"name": "b", "template": template,
                                                     "target": 1, "lifetime": 5})[:3]
