@@ -304,7 +304,7 @@ def test_one_vm_lifecycle_on_testbed(testbed_factory: Callable[[int], Any], tmp_
     ``exact_count: 3`` + ``count_labels`` converges to three (and again: no change), the
     inventory plugin lists the three with their IPs, ``state: absent`` terminates them (DONE:
     domains and disks gone, leases free)."""
-    from test_daemon import Daemon, assert_accounted_for, files_on, vm_states
+    from test_daemon_testbed import Daemon, assert_accounted_for, files_on, vm_states
     from test_farm import HOSTS, IMAGE, NET, farm_on_testbed, prepare
 
     leases = [
