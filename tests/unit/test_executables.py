@@ -29,7 +29,9 @@ def executables() -> list[str]:
 #: Executables whose run without arguments is their job (install, test, demo, build, CI): they
 #: are checked with --help and --list only.
 MAIN_JOBS = {".ci/run", "scripts/bootstrap", "scripts/test", "scripts/demo",
-             "images/build-test-image", "scripts/install-check", "testbed/up", "testbed/down",
+             "images/build-test-image", "images/build-lvm-guest", "scripts/install-check",
+             "scripts/collection-check", "testbed/lvm-guest", "testbed/lvm_guest.py",
+             "testbed/up", "testbed/down",
              "testbed/status", "testbed/shape", "testbed/ssh", "testbed/testbed.py",
              "roles/hypervisor/molecule/default/controlplane"}
 #: Scripts that must refuse to run here (not their place), with no arguments.

@@ -15,6 +15,7 @@ from xmlrpc.server import SimpleXMLRPCServer
 
 import pytest
 from ansible_collections.lxcloud.cloud.plugins.module_utils import api_client as ac
+from ansible_collections.lxcloud.cloud.plugins.module_utils import wire
 
 
 def _write(path, text, mode=0o600):
@@ -128,7 +129,7 @@ def test_call_failure_raises_with_code(server):
     c = ac.ApiClient(server.url, "oneadmin:pw")
     with pytest.raises(ac.ApiError) as err:
         c.host_info(7)
-    assert err.value.code == ac.NO_EXISTS
+    assert err.value.code == wire.NO_EXISTS
     assert "Error getting host [7]" in err.value.message
     assert "NO_EXISTS" in str(err.value)
     assert not isinstance(err.value, ac.ApiConnectionError)
