@@ -26,9 +26,16 @@ import time
 import xml.etree.ElementTree as ET
 import xmlrpc.client
 
-from ansible_collections.lxcloud.cloud.plugins.module_utils.wire import (
+# The error codes are re-exported: host scripts (lxcloud-register) and modules read them here.
+from ansible_collections.lxcloud.cloud.plugins.module_utils.wire import (  # noqa: F401 pylint: disable=unused-import
+    ACTION,
+    ALLOCATE,
+    AUTHENTICATION,
+    AUTHORIZATION,
     ERROR_NAMES,
     INTERNAL,
+    NO_EXISTS,
+    SUCCESS,
     XML_RPC_API,
     split_session,
 )
